@@ -1,0 +1,288 @@
+"""The ``kvcalc`` command line: one short function per command -- parse, call the core, render.
+
+Data goes to stdout (or ``--output``), diagnostics to stderr. Every ``KvcalcError`` becomes one line
+on stderr and exit status 2, in ``main``; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvcalc import __version__
+from kvcalc.analytic import Comparison, Footprint, Layout, Options, compare, footprint, mha_equivalent
+from kvcalc.catalog import bundled_specs, resolve
+from kvcalc.errors import KvcalcError, OptionError
+from kvcalc.explain import explain
+from kvcalc.formats import FORMATS, get_format
+from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
+from kvcalc.spec import ModelSpec
+from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
+
+app = typer.Typer(
+    name="kvcalc",
+    help="Exact KV-cache memory for MHA, GQA, MQA and MLA models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Bundled model name (see `kvcalc list`) or path to a spec file.")
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write to FILE (atomically) instead of stdout."),
+]
+KvDtypeOpt = Annotated[
+    str, typer.Option("--kv-dtype", help=f"Cache storage format: {', '.join(FORMATS)}.")
+]
+LayoutOpt = Annotated[
+    Layout, typer.Option("--layout", help="MLA cache layout (ignored for standard attention).")
+]
+MtpOpt = Annotated[
+    bool, typer.Option("--mtp", help="Also cache the model's multi-token-prediction layers.")
+]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kvcalc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Exact KV-cache memory for MHA, GQA, MQA and MLA models."""
+
+
+@app.command("list")
+def list_models(
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """List the bundled models with their bf16 cache per token."""
+    rows = [(s, footprint(s, Options(seq_len=1))) for s in bundled_specs()]
+    _emit(render(LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)"), output)
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    explain_: Annotated[
+        bool, typer.Option("--explain", help="Derive every figure from the model's numbers.")
+    ] = False,
+    seq: Annotated[
+        str | None, typer.Option("--seq", help="Also total the cache at this many tokens (4k).")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    kv_dtype: KvDtypeOpt = "bf16",
+    layout: LayoutOpt = Layout.LATENT,
+    mtp: MtpOpt = False,
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Show one model's cache: its parts, and with --explain the formula behind each figure."""
+    spec = resolve(model)
+    seq_len = parse_tokens(seq) if seq is not None else None
+    options = Options(seq_len or 1, batch, kv_dtype, layout, mtp)
+    fp, mha = footprint(spec, options), mha_equivalent(spec, options)
+    lines = explain(spec, fp, mha, with_totals=seq_len is not None)
+    if fmt is OutputFormat.JSON:
+        text = json.dumps(_show_document(spec, fp, mha, lines, seq_len is not None), indent=2) + "\n"
+    elif explain_ and fmt is not OutputFormat.CSV:
+        text = render_lines(lines, fmt)
+    else:
+        columns = PART_COLUMNS if seq_len else PART_COLUMNS_PER_TOKEN
+        text = render(columns, fp.parts, fmt, title=lines[0], notes=_show_notes(fp, mha, seq_len))
+    _emit(text, output)
+
+
+@app.command("compare")
+def compare_models(
+    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    seq: Annotated[
+        str, typer.Option("--seq", help="Comma-separated token counts: 4096, 4k, 128k, 1M.")
+    ] = "4k,32k,128k",
+    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    kv_dtype: KvDtypeOpt = "bf16",
+    layout: LayoutOpt = Layout.LATENT,
+    mtp: MtpOpt = False,
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Compare the KV cache of several models at several context lengths."""
+    specs = [resolve(m) for m in models]
+    seq_lens = parse_token_list(seq)
+    get_format(kv_dtype)
+    rows = [
+        compare(spec, Options(n, batch, kv_dtype, layout, mtp)) for spec in specs for n in seq_lens
+    ]
+    _emit(render(COMPARE_COLUMNS, rows, fmt, title=_compare_title(kv_dtype, layout, batch)), output)
+
+
+def _fp(row: Comparison) -> Footprint:
+    return row.footprint
+
+
+COMPARE_COLUMNS = (
+    Column("model", "Model", lambda r: _fp(r).model, human=False),
+    Column("display_name", "Model", lambda r: _fp(r).display_name),
+    Column("attention", "Attn", lambda r: _fp(r).attention),
+    Column("layout", "Layout", lambda r: _fp(r).layout),
+    Column("kv_dtype", "Dtype", lambda r: _fp(r).kv_dtype, human=False),
+    Column("seq_len", "Tokens", lambda r: _fp(r).seq_len, Kind.TOKENS),
+    Column("batch", "Batch", lambda r: _fp(r).batch, Kind.COUNT, human=False),
+    Column("mtp_layers", "MTP", lambda r: _fp(r).mtp_layers, Kind.COUNT, human=False),
+    Column("bytes_per_token", "B/token", lambda r: _fp(r).bytes_per_token, Kind.COUNT),
+    Column("total_bytes", "KV cache", lambda r: _fp(r).total_bytes, Kind.BYTES),
+    Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES, human=False),
+    Column(
+        "mha_equivalent_bytes", "MHA-equiv", lambda r: r.mha_equivalent.total_bytes, Kind.BYTES
+    ),
+    Column(
+        "saving",
+        "vs MHA",
+        lambda r: humanize_saving(_fp(r).total_bytes, r.mha_equivalent.total_bytes),
+        data=False,
+    ),
+)
+
+LIST_COLUMNS = (
+    Column("name", "Name", lambda r: r[0].name),
+    Column("display_name", "Model", lambda r: r[0].display_name, human=False),
+    Column("attention", "Attn", lambda r: r[1].attention),
+    Column("num_layers", "Layers", lambda r: r[0].num_layers, Kind.COUNT),
+    Column("mtp_layers", "MTP", lambda r: r[0].mtp_layers, Kind.COUNT, human=False),
+    Column("cache_shape", "Cached per layer", lambda r: _cache_shape(r[1])),
+    Column("sliding_window", "Window", lambda r: _window(r[0]), data=False),
+    Column("sliding_window", "", lambda r: r[0].sliding_window, human=False),
+    Column("sliding_layers", "", lambda r: r[0].layer_counts["sliding"], human=False),
+    Column("bytes_per_token", "B/token bf16", lambda r: r[1].bytes_per_token, Kind.COUNT),
+    Column("params", "Params", lambda r: r[0].params, human=False),
+    Column("source", "Source", lambda r: r[0].source, human=False),
+)
+
+PART_COLUMNS_PER_TOKEN = (
+    Column("part", "Part", lambda p: p.name),
+    Column("layer_kind", "Layers", lambda p: str(p.layer_kind)),
+    Column("layers", "Count", lambda p: p.layers, Kind.COUNT),
+    Column("values", "Values", lambda p: p.values, Kind.COUNT),
+    Column("bytes_per_token_layer", "B/token/layer", lambda p: p.bytes_per_token_layer, Kind.COUNT),
+    Column("bytes_per_token", "B/token", lambda p: p.bytes_per_token, Kind.COUNT),
+)
+
+PART_COLUMNS = (
+    *PART_COLUMNS_PER_TOKEN,
+    Column("tokens", "Tokens held", lambda p: p.tokens, Kind.COUNT),
+    Column("total_bytes", "Bytes", lambda p: p.total_bytes, Kind.BYTES),
+)
+
+
+def _cache_shape(fp: Footprint) -> str:
+    return " + ".join(
+        f"{p.name} {' × '.join(str(f.size) for f in p.factors)}"
+        for p in fp.parts
+        if p.layer_kind == fp.parts[0].layer_kind
+    )
+
+
+def _window(spec: ModelSpec) -> str | None:
+    if spec.sliding_window is None:
+        return None
+    return f"{spec.sliding_window:,} on {spec.layer_counts['sliding']}/{spec.num_layers}"
+
+
+def _compare_title(kv_dtype: str, layout: Layout, batch: int) -> str:
+    return f"KV cache, {kv_dtype}, MLA {layout} layout, batch {batch}"
+
+
+def _show_notes(fp: Footprint, mha: Footprint, seq_len: int | None) -> list[str]:
+    notes = [
+        f"{fp.bytes_per_token:,} B/token over all layers; MHA equivalent "
+        f"{mha.bytes_per_token:,} B/token ({humanize_saving(fp.bytes_per_token, mha.bytes_per_token)})"
+    ]
+    if seq_len:
+        notes.append(f"{fp.total_bytes:,} B at {humanize_tokens(seq_len)} tokens × batch {fp.batch}")
+    return notes
+
+
+def _show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals: bool) -> dict:
+    parts = PART_COLUMNS if totals else PART_COLUMNS_PER_TOKEN
+    doc = {
+        "model": fp.model,
+        "attention": fp.attention,
+        "layout": fp.layout,
+        "kv_dtype": fp.kv_dtype,
+        "mtp_layers": fp.mtp_layers,
+        "bytes_per_token": fp.bytes_per_token,
+        "mha_equivalent_bytes_per_token": mha.bytes_per_token,
+        "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
+        "spec": spec.model_dump(mode="json"),
+        "explain": lines,
+    }
+    if totals:
+        doc |= {"seq_len": fp.seq_len, "batch": fp.batch, "total_bytes": fp.total_bytes}
+    return doc
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Write ``text`` to stdout, or to ``output`` through a temporary file and a rename."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    import tempfile  # only when writing a file: keeps start-up lean
+    if output.is_dir():
+        raise OptionError(f"--output: {output} is a folder")
+    folder = output.parent
+    if not folder.is_dir():
+        raise OptionError(f"--output: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    typer.echo(f"kvcalc: wrote {output}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Every error a user can act on is one line on stderr:
+    domain errors and unreadable files exit 2, as do usage errors (``--batch 0``)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = app(args=args, prog_name="kvcalc", standalone_mode=False)
+    except KvcalcError as e:
+        _fail(args, e, str(e), 2)
+    except OSError as e:
+        _fail(args, e, f"{e.filename or 'kvcalc'}: {e.strerror}", 2)
+    except Exception as e:
+        if not hasattr(e, "format_message"):  # a bug: show it whole
+            raise
+        # The CLI library's usage errors (bad option values, unknown commands).
+        _fail(args, e, e.format_message(), getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(args: list[str], error: Exception, message: str, status: int) -> None:
+    if "--debug" in args:
+        raise error
+    lines = message.strip().splitlines()
+    if lines:  # a usage error with no message (bare `kvcalc`) has already shown the help
+        print(f"kvcalc: error: {lines[0]}", file=sys.stderr)
+    sys.exit(status)

@@ -1,0 +1,130 @@
+"""A footprint written out as formulas with the model's own numbers, e.g.
+
+    (512 + 64) × 2 B × 61 layers = 70,272 B/token
+
+Pure text: the CLI decides where it goes.
+"""
+
+from __future__ import annotations
+
+from kvcalc.analytic import Footprint, Part
+from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
+from kvcalc.spec import LayerKind, ModelSpec
+from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
+
+
+def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool) -> list[str]:
+    """Lines that derive ``fp`` from ``spec``; ``with_totals`` adds the sequence/batch step."""
+    fmt = get_format(fp.kv_dtype)
+    lines = [f"{fp.display_name} ({fp.model}): {_headline(fp)}"]
+    if spec.source:
+        lines.append(f"source: {spec.source}")
+    lines += ["", "Cached per token and layer:"]
+    lines += [f"  {p.name} = {_factors(p)} = {p.values:,} values" for p in _first_group(fp)]
+    lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
+    groups = _groups(fp)
+    for kind, parts in groups.items():
+        lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
+    if len(groups) > 1:
+        lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
+    if with_totals:
+        lines += ["", *_total_lines(fp, groups)]
+    lines += ["", _mha_line(fp, mha)]
+    return lines
+
+
+def _headline(fp: Footprint) -> str:
+    layout = "" if fp.layout == "kv" else f", {fp.layout} layout"
+    mtp = f", counting {fp.mtp_layers} MTP layer{'s' * (fp.mtp_layers > 1)}" if fp.mtp_layers else ""
+    return f"{fp.attention}{layout}, {fp.kv_dtype}{mtp}"
+
+
+def _groups(fp: Footprint) -> dict[LayerKind, list[Part]]:
+    groups: dict[LayerKind, list[Part]] = {}
+    for part in fp.parts:
+        groups.setdefault(part.layer_kind, []).append(part)
+    return groups
+
+
+def _first_group(fp: Footprint) -> list[Part]:
+    return next(iter(_groups(fp).values()))
+
+
+def _factors(part: Part) -> str:
+    return " × ".join(f"{f.size} ({f.label})" for f in part.factors)
+
+
+def _format_rule(fmt: StorageFormat | PackedMlaFormat) -> str:
+    if isinstance(fmt, PackedMlaFormat):
+        return f"{fmt.name} ({fmt.description})"
+    if fmt.is_blocked:
+        return f"{fmt.name} (blocks of {fmt.block_values} values = {fmt.block_bytes} B along each row)"
+    return f"{fmt.name} ({fmt.block_bytes} B per value)"
+
+
+def _group_lines(fp, fmt, kind: LayerKind, parts: list[Part], *, labelled: bool) -> list[str]:
+    layers = _layers_text(fp, kind, parts[0].layers)
+    rate = sum(p.bytes_per_token for p in parts)
+    label = ""
+    if labelled:
+        label = "full layers: " if kind is LayerKind.FULL else f"sliding layers (window {fp.sliding_window:,}): "
+    if isinstance(fmt, StorageFormat) and not fmt.is_blocked:
+        return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {rate:,} B/token"]
+    rows = [f"  {p.name}: {_row_text(fmt, p)}" for p in parts]
+    row_sum = " + ".join(f"{p.bytes_per_token_layer:,}" for p in parts)
+    row_sum = f"({row_sum})" if len(parts) > 1 else row_sum
+    return rows + [f"  {label}{row_sum} B × {layers} = {rate:,} B/token"]
+
+
+def _values_expr(parts: list[Part]) -> str:
+    exprs = [" × ".join(str(f.size) for f in p.factors) for p in parts]
+    if len(exprs) > 1 and len(set(exprs)) == 1:
+        return f"{len(exprs)} × {exprs[0]}"
+    return exprs[0] if len(exprs) == 1 else "(" + " + ".join(exprs) + ")"
+
+
+def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
+    if isinstance(fmt, PackedMlaFormat):
+        if part.name == "latent":
+            scales = fmt.kv_lora_rank // fmt.scale_group
+            return (
+                f"{part.values} × {fmt.latent_value_bytes} B + {scales} scales × "
+                f"{fmt.scale_bytes} B = {part.bytes_per_token_layer:,} B"
+            )
+        return f"{part.values} × {fmt.rope_value_bytes} B = {part.bytes_per_token_layer:,} B"
+    blocks = fmt.blocks(part.values)
+    return (
+        f"{part.values:,} values = {blocks} {fmt.name} blocks × {fmt.block_bytes} B"
+        f" = {part.bytes_per_token_layer:,} B"
+    )
+
+
+def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
+    text = f"{layers} layer{'s' * (layers != 1)}"
+    if kind is LayerKind.FULL and fp.mtp_layers:
+        text += f" ({layers - fp.mtp_layers} + {fp.mtp_layers} MTP)"
+    return text
+
+
+def _total_lines(fp: Footprint, groups: dict[LayerKind, list[Part]]) -> list[str]:
+    batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
+    lines = [f"At {humanize_tokens(fp.seq_len)} tokens, batch {fp.batch}:"]
+    for kind, parts in groups.items():
+        rate = sum(p.bytes_per_token for p in parts)
+        tokens = parts[0].tokens
+        held = f"{tokens:,} tokens"
+        if kind is LayerKind.SLIDING:
+            held = f"min({fp.seq_len:,}, {fp.sliding_window:,}) = {held}"
+        group_total = sum(p.total_bytes for p in parts)
+        lines.append(f"  {kind} layers: {rate:,} B/token × {held}{batch} = {group_total:,} B")
+    lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
+    return lines
+
+
+def _mha_line(fp: Footprint, mha: Footprint) -> str:
+    what = "decompressed layout" if fp.attention == "MLA" else "one KV head per query head"
+    saving = humanize_saving(fp.bytes_per_token, mha.bytes_per_token)
+    return (
+        f"MHA equivalent ({what}, {mha.kv_dtype}): {mha.bytes_per_token:,} B/token "
+        f"(this cache: {saving})"
+    )

@@ -1,0 +1,59 @@
+"""Parsing token counts (``4k``) and humanising byte counts (``68.6 KiB``). Powers of two throughout."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from kvcalc.errors import OptionError
+
+_TOKEN_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
+_TOKENS = re.compile(r"(\d+(?:\.\d+)?)([km]?)", re.IGNORECASE)
+
+
+def parse_tokens(text: str, option: str = "--seq") -> int:
+    """``4096``, ``4k`` (4096), ``128k`` (131072), ``1M`` (1048576), ``1.5k`` (1536)."""
+    match = _TOKENS.fullmatch(text.strip())
+    if not match:
+        raise OptionError(f"{option}: {text!r} is not a token count (examples: 4096, 4k, 128k, 1M)")
+    count = Fraction(match[1]) * _TOKEN_SUFFIX[match[2].lower()]
+    if count.denominator != 1 or count < 1:
+        raise OptionError(f"{option}: {text!r} is not a whole, positive number of tokens")
+    return int(count)
+
+
+def parse_token_list(text: str, option: str = "--seq") -> list[int]:
+    """A comma-separated list of token counts, in the order given."""
+    return [parse_tokens(item, option) for item in text.split(",")]
+
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def humanize_bytes(n: int) -> str:
+    """``70272`` -> ``68.6 KiB``; exact below 1 KiB. Three significant digits."""
+    if n < 1024:
+        return f"{n} B"
+    value = Fraction(n)
+    unit = 0
+    while value >= 1024 and unit < len(_BINARY_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    shown = float(value)
+    digits = 2 if shown < 10 else 1 if shown < 100 else 0
+    return f"{shown:.{digits}f} {_BINARY_UNITS[unit]}"
+
+
+def humanize_tokens(n: int) -> str:
+    """``131072`` -> ``128k``; counts that are not whole k stay as integers."""
+    for suffix, size in (("M", 1 << 20), ("k", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return f"{n:,}"
+
+
+def humanize_saving(cache_bytes: int, mha_bytes: int) -> str:
+    """How many times less than the MHA-equivalent cache: ``71.1× less``, or ``same``."""
+    if cache_bytes == mha_bytes:
+        return "same"
+    return f"{mha_bytes / cache_bytes:.1f}× less"

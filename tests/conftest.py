@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from kvcalc.cli import main
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``kvcalc ARGS...`` in-process through its entry point; returns (status, out, err)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return run
+
+
+MINIMAL_SPEC = """\
+name: tiny
+display_name: Tiny
+num_layers: 4
+hidden_size: 64
+attention:
+  kind: standard
+  num_heads: 8
+  num_kv_heads: 2
+  head_dim: 8
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """Write spec text to a file and return its path."""
+
+    def write(text: str = MINIMAL_SPEC, name: str = "model.yaml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

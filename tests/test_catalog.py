@@ -1,0 +1,132 @@
+"""The bundled catalog: every spec loads, names its source, and gives the published shape's bytes."""
+
+import pytest
+
+from kvcalc.analytic import Options, footprint
+from kvcalc.catalog import bundled_names, load_bundled, parse_spec, resolve
+from kvcalc.errors import SpecError, UnknownModelError
+
+# bf16 bytes per token over all layers, worked by hand from each publisher's config.json.
+EXPECTED_BF16_BYTES_PER_TOKEN = {
+    "deepseek-v2": (512 + 64) * 2 * 60,
+    "deepseek-v2-lite": (512 + 64) * 2 * 27,
+    "deepseek-v3": 70_272,  # (512 + 64) x 2 x 61
+    "deepseek-r1": 70_272,
+    "kimi-k2": 70_272,
+    "minicpm3-4b": (256 + 32) * 2 * 62,
+    "llama-2-7b": 524_288,  # 2 x 32 heads x 128 x 2 x 32
+    "llama-2-70b": 2 * 8 * 128 * 2 * 80,
+    "llama-3.1-8b": 131_072,  # 2 x 8 x 128 x 2 x 32
+    "llama-3.1-70b": 2 * 8 * 128 * 2 * 80,
+    "llama-3.1-405b": 2 * 8 * 128 * 2 * 126,
+    "mistral-7b-v0.1": 2 * 8 * 128 * 2 * 32,
+    "mixtral-8x7b": 2 * 8 * 128 * 2 * 32,
+    "qwen2.5-7b": 2 * 4 * 128 * 2 * 28,
+    "qwen2.5-72b": 2 * 8 * 128 * 2 * 80,
+    "qwen3-8b": 2 * 8 * 128 * 2 * 36,
+    "qwen3-235b-a22b": 2 * 4 * 128 * 2 * 94,
+    "gemma-2-9b": 2 * 8 * 256 * 2 * 42,
+    "gemma-2-27b": 2 * 16 * 128 * 2 * 46,
+    "gemma-3-27b": 2 * 16 * 128 * 2 * 62,
+    "falcon-7b": 2 * 1 * 64 * 2 * 32,
+    "gpt-oss-120b": 2 * 8 * 64 * 2 * 36,
+    "phi-3-mini-4k": 2 * 32 * 96 * 2 * 32,
+}
+
+# (sliding layers, window) as the published configs define them.
+EXPECTED_WINDOWS = {
+    "mistral-7b-v0.1": (32, 4096),
+    "gemma-2-9b": (21, 4096),
+    "gemma-2-27b": (23, 4096),
+    "gemma-3-27b": (52, 1024),
+    "gpt-oss-120b": (18, 128),
+    "phi-3-mini-4k": (32, 2047),
+}
+
+
+def test_catalog_holds_the_required_models():
+    assert set(bundled_names()) == set(EXPECTED_BF16_BYTES_PER_TOKEN)
+
+
+@pytest.mark.parametrize("name", bundled_names())
+def test_bundled_spec(name):
+    spec = load_bundled(name)
+    assert spec.name == name
+    assert spec.source.startswith("https://huggingface.co/") and spec.source.endswith("config.json")
+    assert spec.params > 10**9
+    fp = footprint(spec, Options(seq_len=1))
+    assert fp.bytes_per_token == EXPECTED_BF16_BYTES_PER_TOKEN[name]
+    sliding = spec.layer_counts["sliding"]
+    assert (sliding, spec.sliding_window) == EXPECTED_WINDOWS.get(name, (0, None))
+
+
+def test_mtp_layers_only_where_published():
+    assert {n for n in bundled_names() if load_bundled(n).mtp_layers} == {"deepseek-v3", "deepseek-r1"}
+
+
+def test_gemma3_global_layers_are_every_sixth():
+    kinds = load_bundled("gemma-3-27b").layer_kinds
+    assert [i for i, k in enumerate(kinds) if k == "full"] == [5, 11, 17, 23, 29, 35, 41, 47, 53, 59]
+
+
+def test_resolve_is_case_insensitive():
+    assert resolve("DeepSeek-V3").name == "deepseek-v3"
+
+
+def test_unknown_name_lists_the_closest():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'deepseek-v4'; closest: deepseek-v3"):
+        resolve("deepseek-v4")
+
+
+def test_resolve_reads_a_path(spec_file):
+    assert resolve(str(spec_file())).name == "tiny"
+
+
+def test_resolve_a_folder(tmp_path):
+    with pytest.raises(SpecError, match="is a folder"):
+        resolve(str(tmp_path))
+
+
+def test_resolve_a_missing_file(tmp_path):
+    with pytest.raises(UnknownModelError, match="no such file"):
+        resolve(str(tmp_path / "absent.yaml"))
+
+
+def test_binary_file(spec_file, tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(SpecError, match="not a text file"):
+        resolve(str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\n  bad: [\n", r"^f.yaml: line 2, column 6: malformed YAML"),
+        ("- 1\n- 2\n", r"^f.yaml: expected a mapping of spec fields, got list"),
+        ("", r"^f.yaml: expected a mapping of spec fields, got NoneType"),
+        ("!!python/object/apply:os.system ['true']", r"^f.yaml: .*malformed YAML"),
+    ],
+)
+def test_malformed_yaml(text, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text, "f.yaml")
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (("num_kv_heads: 2", "num_kv_heads: 3"), r"f.yaml: attention: num_kv_heads 3 does not divide"),
+        (("num_layers: 4", "num_layers: '4'"), r"f.yaml: num_layers: '4': Input should be a valid int"),
+        (("num_layers: 4", "num_layers: 0"), r"f.yaml: num_layers: 0: Input should be greater than 0"),
+        (("head_dim: 8", "head_dim: 8\n  rope: 1"), r"f.yaml: attention.rope: unknown field \(value 1\)"),
+        (("  head_dim: 8\n", ""), r"f.yaml: attention.head_dim: required field is missing"),
+        (("kind: standard", "kind: flash"), r"f.yaml: attention.kind: 'flash' is not one of"),
+        (("  kind: standard\n", ""), r"f.yaml: attention.kind: required field is missing"),
+    ],
+)
+def test_invalid_spec_names_file_field_and_value(replace, message):
+    from conftest import MINIMAL_SPEC
+
+    with pytest.raises(SpecError, match=message):
+        parse_spec(MINIMAL_SPEC.replace(*replace), "f.yaml")
