@@ -6,24 +6,27 @@ Elements cached per token per layer (KV-CACHE-FACTS section 1):
 - MLA, latent layout: latent ``d_c`` plus decoupled rope key ``d_R`` -- no x2, no head count;
 - MLA, decompressed layout: K ``n_h x (d_nope + d_R)`` and V ``n_h x d_v``.
 
-A footprint groups layers by kind (full, sliding), so evaluating one costs the same for 4 layers
-or 400. Sliding layers hold ``min(seq_len, window)`` tokens; MTP layers, when counted, are full
-layers of the same attention.
+Layers are grouped by kind (full, sliding), so a footprint costs the same for 4 layers or 400.
+An engine profile (``engines.py``) decides the MLA layout, the pages and the sliding-window rule;
+a ``Parallel`` (``parallel.py``) decides what one GPU holds. Both the whole cache and one GPU's
+share come from the same function, ``_parts``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from kvcalc.engines import Engine, MlaCache, WindowRule, get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
+from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
 from kvcalc.spec import LayerKind, MlaAttention, ModelSpec, StandardAttention
 
 
 class Layout(StrEnum):
-    """How an MLA model's cache is laid out. Standard attention always caches K and V ("kv")."""
+    """Engine-neutral MLA layout (``--layout``). Standard attention always caches K and V."""
 
     LATENT = "latent"
     DECOMPRESSED = "decompressed"
@@ -37,8 +40,12 @@ class Options:
     seq_len: int
     batch: int = 1
     kv_dtype: str = "bf16"
-    layout: Layout = Layout.LATENT
+    layout: Layout | None = None
+    """MLA layout for engine-neutral figures; None: latent (or the engine's own)."""
     mtp: bool = False
+    engine: str | None = None
+    block_size: int | None = None
+    parallel: Parallel = field(default_factory=Parallel)
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,8 @@ class Part:
     factors: tuple[Factor, ...]
     """Its width per token and layer as a product; ``values`` is their product."""
     bytes_per_token_layer: int
-    tokens: int
-    """Tokens each sequence holds in these layers."""
-    batch: int
+    cells: int
+    """Token slots held for all sequences: tokens after windows, pages and padding."""
 
     @property
     def values(self) -> int:
@@ -73,7 +79,7 @@ class Part:
 
     @property
     def total_bytes(self) -> int:
-        return self.bytes_per_token * self.tokens * self.batch
+        return self.bytes_per_token * self.cells
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,21 @@ class Footprint:
     attention: str
     """MHA, GQA, MQA or MLA."""
     layout: str
+    """kv (standard attention), or the MLA cache: latent, decompressed, ..."""
     kv_dtype: str
+    engine: Engine
     seq_len: int
     batch: int
     mtp_layers: int
     """MTP layers counted (0 unless ``--mtp``)."""
     sliding_window: int | None
     parts: tuple[Part, ...]
+    """The whole cache: every layer, every head, every sequence, one copy."""
+    parallel: Parallel
+    gpu_parts: tuple[Part, ...]
+    """What the fullest GPU holds."""
+    notes: tuple[str, ...]
+    """Replication and splitting, in words."""
 
     @property
     def bytes_per_token(self) -> int:
@@ -98,129 +112,20 @@ class Footprint:
 
     @property
     def total_bytes(self) -> int:
-        """Bytes for ``batch`` sequences of ``seq_len`` tokens (sliding layers capped)."""
+        """Bytes for ``batch`` sequences of ``seq_len`` tokens under the engine's rules."""
         return sum(p.total_bytes for p in self.parts)
 
     @property
     def per_gpu_bytes(self) -> int:
-        """Bytes on one GPU; the whole cache until parallelism is modelled."""
-        return self.total_bytes
+        return sum(p.total_bytes for p in self.gpu_parts)
 
+    @property
+    def gpu_bytes_per_token(self) -> int:
+        return sum(p.bytes_per_token for p in self.gpu_parts)
 
-def footprint(spec: ModelSpec, options: Options) -> Footprint:
-    """The exact KV-cache footprint of ``spec`` under ``options``."""
-    _check_options(options)
-    fmt = get_format(options.kv_dtype)
-    attn = spec.attention
-    layout = _layout_of(attn, options.layout)
-    widths = _widths(attn, layout)
-    mtp = spec.mtp_layers if options.mtp else 0
-    parts = []
-    for kind, layers, tokens in _layer_groups(spec, options.seq_len, mtp):
-        for name, factors in widths:
-            row = _row_bytes(fmt, name, math.prod(f.size for f in factors), spec, layout)
-            parts.append(Part(name, kind, layers, factors, row, tokens, options.batch))
-    return Footprint(
-        model=spec.name,
-        display_name=spec.display_name,
-        attention=attn.variant,
-        layout=layout,
-        kv_dtype=fmt.name,
-        seq_len=options.seq_len,
-        batch=options.batch,
-        mtp_layers=mtp,
-        sliding_window=spec.sliding_window,
-        parts=tuple(parts),
-    )
-
-
-def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
-    """The same heads without sharing: every query head with its own K and V.
-
-    For MLA that is the decompressed layout; for GQA/MQA, ``num_kv_heads = num_heads``. The storage
-    format is kept, except that ``fp8_ds_mla`` (which packs only the latent) becomes plain fp8.
-    """
-    if isinstance(get_format(options.kv_dtype), PackedMlaFormat):
-        options = _replace(options, kv_dtype="fp8")
-    attn = spec.attention
-    if isinstance(attn, MlaAttention):
-        return footprint(spec, _replace(options, layout=Layout.DECOMPRESSED))
-    mha = attn.model_copy(update={"num_kv_heads": attn.num_heads})
-    return footprint(spec.model_copy(update={"attention": mha}), options)
-
-
-def _replace(options: Options, **changes) -> Options:
-    return Options(**{**options.__dict__, **changes})
-
-
-def _check_options(options: Options) -> None:
-    if options.seq_len < 1:
-        raise OptionError(f"--seq: {options.seq_len} must be at least 1 token")
-    if options.batch < 1:
-        raise OptionError(f"--batch: {options.batch} must be at least 1")
-
-
-def _layout_of(attn: StandardAttention | MlaAttention, layout: Layout) -> str:
-    return str(layout) if isinstance(attn, MlaAttention) else STANDARD_LAYOUT
-
-
-def _widths(attn: StandardAttention | MlaAttention, layout: str) -> list[tuple[str, tuple]]:
-    """Each cached tensor's name and its width per token and layer, as factors."""
-    if isinstance(attn, StandardAttention):
-        heads = Factor(attn.num_kv_heads, "KV heads")
-        return [
-            ("K", (heads, Factor(attn.head_dim, "head_dim"))),
-            ("V", (heads, Factor(attn.value_dim, "v_head_dim" if attn.v_head_dim else "head_dim"))),
-        ]
-    if layout == Layout.LATENT:
-        return [
-            ("latent", (Factor(attn.kv_lora_rank, "kv_lora_rank"),)),
-            ("rope key", (Factor(attn.qk_rope_head_dim, "qk_rope_head_dim"),)),
-        ]
-    heads = Factor(attn.num_heads, "heads")
-    qk_dim = attn.qk_nope_head_dim + attn.qk_rope_head_dim
-    return [
-        ("K", (heads, Factor(qk_dim, "qk_nope_head_dim + qk_rope_head_dim"))),
-        ("V", (heads, Factor(attn.v_head_dim, "v_head_dim"))),
-    ]
-
-
-def _layer_groups(spec: ModelSpec, seq_len: int, mtp: int) -> list[tuple[LayerKind, int, int]]:
-    """(kind, layers, tokens held) for each kind of layer present."""
-    counts = spec.layer_counts
-    groups = []
-    full = counts[LayerKind.FULL] + mtp
-    if full:
-        groups.append((LayerKind.FULL, full, seq_len))
-    if counts[LayerKind.SLIDING]:
-        window = spec.sliding_window or seq_len
-        groups.append((LayerKind.SLIDING, counts[LayerKind.SLIDING], min(seq_len, window)))
-    return groups
-
-
-def _row_bytes(fmt: Format, name: str, values: int, spec: ModelSpec, layout: str) -> int:
-    """Bytes of one token's row of this part in one layer; blocks run along the row."""
-    if not isinstance(fmt, PackedMlaFormat):
-        return fmt.row_bytes(values)
-    _check_packed(fmt, spec, layout)
-    return fmt.latent_bytes() if name == "latent" else fmt.rope_bytes()
-
-
-def _check_packed(fmt: PackedMlaFormat, spec: ModelSpec, layout: str) -> None:
-    attn = spec.attention
-    if not isinstance(attn, MlaAttention):
-        raise OptionError(
-            f"--kv-dtype {fmt.name}: packs an MLA latent, but {spec.name} uses "
-            f"{attn.variant} attention"
-        )
-    if layout != Layout.LATENT:
-        raise OptionError(f"--kv-dtype {fmt.name}: exists only for the latent layout, not {layout}")
-    shape = (attn.kv_lora_rank, attn.qk_rope_head_dim)
-    if shape != (fmt.kv_lora_rank, fmt.qk_rope_head_dim):
-        raise OptionError(
-            f"--kv-dtype {fmt.name}: defined for kv_lora_rank {fmt.kv_lora_rank} + "
-            f"qk_rope_head_dim {fmt.qk_rope_head_dim}; {spec.name} has {shape[0]} + {shape[1]}"
-        )
+    @property
+    def gpus(self) -> int:
+        return self.parallel.tp * self.parallel.pp
 
 
 @dataclass(frozen=True)
@@ -233,3 +138,189 @@ class Comparison:
 
 def compare(spec: ModelSpec, options: Options) -> Comparison:
     return Comparison(footprint(spec, options), mha_equivalent(spec, options))
+
+
+def footprint(spec: ModelSpec, options: Options) -> Footprint:
+    """The exact KV-cache footprint of ``spec`` under ``options``."""
+    _check_options(options)
+    attn = spec.attention
+    is_mla = isinstance(attn, MlaAttention)
+    fmt = get_format(options.kv_dtype)
+    engine = get_engine(options.engine, is_mla=is_mla, block_size=options.block_size)
+    engine.check(fmt.name, is_mla)
+    cache = _mla_cache(engine, options.layout) if is_mla else None
+    par = options.parallel
+    par.check(spec)
+    mtp = spec.mtp_layers if options.mtp else 0
+    whole = _parts(spec, fmt, engine, cache, Parallel(), options.seq_len, options.batch, mtp)
+    gpu = whole
+    if not par.is_single_gpu:
+        gpu = _parts(spec, fmt, engine, cache, par, options.seq_len, options.batch, mtp)
+    return Footprint(
+        model=spec.name,
+        display_name=spec.display_name,
+        attention=attn.variant,
+        layout=str(cache) if cache else STANDARD_LAYOUT,
+        kv_dtype=fmt.name,
+        engine=engine,
+        seq_len=options.seq_len,
+        batch=options.batch,
+        mtp_layers=mtp,
+        sliding_window=spec.sliding_window,
+        parts=whole,
+        parallel=par,
+        gpu_parts=gpu,
+        notes=tuple(_notes(spec, cache, par, options, mtp)),
+    )
+
+
+def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
+    """The same heads without sharing: every query head with its own K and V.
+
+    For MLA that is the decompressed layout; for GQA/MQA, ``num_kv_heads = num_heads``. Engine-neutral
+    (exact tokens, no pages), in the same storage format -- except that ``fp8_ds_mla``, which packs
+    only the latent, becomes plain fp8. Parallelism is kept, so per-GPU figures compare too.
+    """
+    kv_dtype = "fp8" if isinstance(get_format(options.kv_dtype), PackedMlaFormat) else options.kv_dtype
+    neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None)
+    attn = spec.attention
+    if isinstance(attn, MlaAttention):
+        return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
+    mha = attn.model_copy(update={"num_kv_heads": attn.num_heads})
+    return footprint(spec.model_copy(update={"attention": mha}), neutral)
+
+
+def _check_options(options: Options) -> None:
+    if options.seq_len < 1:
+        raise OptionError(f"--seq: {options.seq_len} must be at least 1 token")
+    if options.batch < 1:
+        raise OptionError(f"--batch: {options.batch} must be at least 1")
+
+
+def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
+    if engine.mla_cache is None:
+        return MlaCache.DECOMPRESSED if layout == Layout.DECOMPRESSED else MlaCache.LATENT
+    if layout is not None:
+        raise OptionError(
+            f"--layout {layout}: {engine.name} caches MLA {engine.mla_cache}; pick the engine "
+            "variant instead (vllm@no-mla, llama.cpp@2024, transformers@5.14, reference@naive)"
+        )
+    return engine.mla_cache
+
+
+def _parts(spec, fmt, engine, cache, par: Parallel, seq_len, batch, mtp) -> tuple[Part, ...]:
+    """Parts on one GPU of ``par`` (``Parallel()``: the whole cache), the fullest stage."""
+    widths = _widths(spec.attention, cache, par.attention_tp)
+    tokens = ceil_div(seq_len, par.dcp)
+    seqs = ceil_div(batch, par.dp_attention)
+    candidates = []
+    for counts in stage_layer_counts(spec, par.pp, mtp):
+        parts = tuple(
+            Part(name, kind, counts[kind], factors,
+                 _row_bytes(fmt, name, factors, spec, cache),
+                 _cells(engine, kind, tokens, seqs, spec.sliding_window))
+            for kind in (LayerKind.FULL, LayerKind.SLIDING) if counts[kind]
+            for name, factors in widths
+        )
+        candidates.append(parts)
+    return max(candidates, key=lambda parts: sum(p.total_bytes for p in parts))
+
+
+def _widths(attn, cache: MlaCache | None, tp: int) -> list[tuple[str, tuple[Factor, ...]]]:
+    """Each cached tensor's name and its width per token and layer on one of ``tp`` ranks."""
+    if isinstance(attn, StandardAttention):
+        heads = Factor(max(1, attn.num_kv_heads // tp), "KV heads")
+        v_label = "v_head_dim" if attn.v_head_dim else "head_dim"
+        return [
+            ("K", (heads, Factor(attn.head_dim, "head_dim"))),
+            ("V", (heads, Factor(attn.value_dim, v_label))),
+        ]
+    latent = ("latent", (Factor(attn.kv_lora_rank, "kv_lora_rank"),))
+    rope = ("rope key", (Factor(attn.qk_rope_head_dim, "qk_rope_head_dim"),))
+    if cache == MlaCache.LATENT:
+        return [latent, rope]  # the same on every TP rank: replicated, never split
+    if cache == MlaCache.LATENT_KV:
+        return [latent, rope, ("V (latent again)", latent[1])]
+    heads = Factor(attn.num_heads // tp, "heads")
+    qk_dim = attn.qk_nope_head_dim + attn.qk_rope_head_dim
+    k = ("K", (heads, Factor(qk_dim, "qk_nope_head_dim + qk_rope_head_dim")))
+    if cache == MlaCache.DECOMPRESSED_PADDED:
+        return [k, ("V", (heads, Factor(max(qk_dim, attn.v_head_dim), "v_head_dim padded to K")))]
+    return [k, ("V", (heads, Factor(attn.v_head_dim, "v_head_dim")))]
+
+
+def _cells(engine: Engine, kind: LayerKind, tokens: int, seqs: int, window: int | None) -> int:
+    """Token slots one GPU holds in a layer of ``kind`` for ``seqs`` sequences of ``tokens``."""
+    page, pad = engine.page_tokens, engine.context_pad
+    full = _round_up(_round_up(tokens, page) * seqs, pad)
+    if kind is LayerKind.FULL or window is None:
+        return full
+    rule = engine.window_rule
+    if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
+        return _round_up(min(full, window * seqs + 512), pad)
+    if rule is WindowRule.PAGE_SPAN and tokens > window:
+        first = tokens - window  # the oldest token still inside the window
+        return ((tokens - 1) // page - first // page + 1) * page * seqs
+    held = min(tokens, window - 1 if rule is WindowRule.WINDOW_MINUS_ONE else window)
+    return _round_up(_round_up(held, page) * seqs, pad)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return ceil_div(n, multiple) * multiple
+
+
+def _row_bytes(fmt: Format, name: str, factors, spec: ModelSpec, cache) -> int:
+    """Bytes of one token's row of this part in one layer; blocks run along the row."""
+    if not isinstance(fmt, PackedMlaFormat):
+        return fmt.row_bytes(math.prod(f.size for f in factors))
+    _check_packed(fmt, spec, cache)
+    return fmt.latent_bytes() if name == "latent" else fmt.rope_bytes()
+
+
+def _check_packed(fmt: PackedMlaFormat, spec: ModelSpec, cache: MlaCache | None) -> None:
+    attn = spec.attention
+    if not isinstance(attn, MlaAttention):
+        raise OptionError(
+            f"--kv-dtype {fmt.name}: packs an MLA latent, but {spec.name} uses "
+            f"{attn.variant} attention"
+        )
+    if cache != MlaCache.LATENT:
+        raise OptionError(f"--kv-dtype {fmt.name}: exists only for the latent layout, not {cache}")
+    shape = (attn.kv_lora_rank, attn.qk_rope_head_dim)
+    if shape != (fmt.kv_lora_rank, fmt.qk_rope_head_dim):
+        raise OptionError(
+            f"--kv-dtype {fmt.name}: defined for kv_lora_rank {fmt.kv_lora_rank} + "
+            f"qk_rope_head_dim {fmt.qk_rope_head_dim}; {spec.name} has {shape[0]} + {shape[1]}"
+        )
+
+
+def _notes(spec: ModelSpec, cache, par: Parallel, options: Options, mtp: int) -> list[str]:
+    """What parallelism does to this cache, in words."""
+    notes = []
+    tp = par.attention_tp
+    attn = spec.attention
+    if tp > 1 and cache in (MlaCache.LATENT, MlaCache.LATENT_KV):
+        avoid = "" if par.dp_attention > 1 else "; --dp-attention avoids this"
+        notes.append(f"latent replicated on {tp} attention-TP ranks: {tp}× the single copy{avoid}")
+    elif tp > 1 and isinstance(attn, StandardAttention) and tp > attn.num_kv_heads:
+        copies = tp // attn.num_kv_heads
+        notes.append(
+            f"{attn.num_kv_heads} KV heads on {tp} attention-TP ranks: one per rank, every KV "
+            f"head replicated {copies}×"
+        )
+    elif tp > 1:
+        notes.append(f"heads split {tp} ways by tensor parallelism")
+    if par.dp_attention > 1:
+        seqs = ceil_div(options.batch, par.dp_attention)
+        notes.append(
+            f"DP attention: {par.dp_attention} groups of {tp} rank{'s' * (tp > 1)}, each holding "
+            f"{seqs} of the {options.batch} sequences"
+        )
+    if par.dcp > 1:
+        tokens = ceil_div(options.seq_len, par.dcp)
+        notes.append(f"DCP {par.dcp}: each rank holds {tokens:,} of the {options.seq_len:,} tokens")
+    if par.pp > 1:
+        sizes = ", ".join(str(len(r)) for r in stages(spec.num_layers, par.pp))
+        extra = f" (+{mtp} MTP on the last)" if mtp else ""
+        notes.append(f"pp {par.pp}: stages of {sizes} layers{extra}; the fullest stage is counted")
+    return notes

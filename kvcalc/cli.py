@@ -16,10 +16,12 @@ import typer
 
 from kvcalc import __version__
 from kvcalc.analytic import Comparison, Footprint, Layout, Options, compare, footprint, mha_equivalent
+from kvcalc.parallel import Parallel
 from kvcalc.catalog import bundled_specs, resolve
+from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.explain import explain
-from kvcalc.formats import FORMATS, get_format
+from kvcalc.formats import FORMATS
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
 from kvcalc.spec import ModelSpec
 from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
@@ -45,7 +47,28 @@ KvDtypeOpt = Annotated[
     str, typer.Option("--kv-dtype", help=f"Cache storage format: {', '.join(FORMATS)}.")
 ]
 LayoutOpt = Annotated[
-    Layout, typer.Option("--layout", help="MLA cache layout (ignored for standard attention).")
+    Layout | None,
+    typer.Option(
+        "--layout",
+        help="MLA cache layout for engine-neutral figures [default: latent]. Engines fix their own.",
+    ),
+]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help=f"Engine rules: {', '.join(engine_names())} [default: engine-neutral ideal].",
+    ),
+]
+BlockSizeOpt = Annotated[
+    int | None, typer.Option("--block-size", help="Tokens per page (overrides the engine's).")
+]
+TpOpt = Annotated[int, typer.Option("--tp", help="Tensor-parallel GPUs.")]
+PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel stages.")]
+DcpOpt = Annotated[int, typer.Option("--dcp", help="Decode-context-parallel ways (divides --tp).")]
+DpAttentionOpt = Annotated[
+    int,
+    typer.Option("--dp-attention", help="Data-parallel attention groups within --tp."),
 ]
 MtpOpt = Annotated[
     bool, typer.Option("--mtp", help="Also cache the model's multi-token-prediction layers.")
@@ -90,15 +113,22 @@ def show(
     ] = None,
     batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
     kv_dtype: KvDtypeOpt = "bf16",
-    layout: LayoutOpt = Layout.LATENT,
+    layout: LayoutOpt = None,
     mtp: MtpOpt = False,
+    engine: EngineOpt = None,
+    block_size: BlockSizeOpt = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    dcp: DcpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
     """Show one model's cache: its parts, and with --explain the formula behind each figure."""
     spec = resolve(model)
     seq_len = parse_tokens(seq) if seq is not None else None
-    options = Options(seq_len or 1, batch, kv_dtype, layout, mtp)
+    parallel = Parallel(tp, pp, dcp, dp_attention)
+    options = Options(seq_len or 1, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
     fp, mha = footprint(spec, options), mha_equivalent(spec, options)
     lines = explain(spec, fp, mha, with_totals=seq_len is not None)
     if fmt is OutputFormat.JSON:
@@ -119,19 +149,29 @@ def compare_models(
     ] = "4k,32k,128k",
     batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
     kv_dtype: KvDtypeOpt = "bf16",
-    layout: LayoutOpt = Layout.LATENT,
+    layout: LayoutOpt = None,
     mtp: MtpOpt = False,
+    engine: EngineOpt = None,
+    block_size: BlockSizeOpt = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    dcp: DcpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
     """Compare the KV cache of several models at several context lengths."""
     specs = [resolve(m) for m in models]
     seq_lens = parse_token_list(seq)
-    get_format(kv_dtype)
+    parallel = Parallel(tp, pp, dcp, dp_attention)
     rows = [
-        compare(spec, Options(n, batch, kv_dtype, layout, mtp)) for spec in specs for n in seq_lens
+        compare(spec, Options(n, batch, kv_dtype, layout, mtp, engine, block_size, parallel))
+        for spec in specs
+        for n in seq_lens
     ]
-    _emit(render(COMPARE_COLUMNS, rows, fmt, title=_compare_title(kv_dtype, layout, batch)), output)
+    title = _compare_title(rows[0].footprint, layout)
+    notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
+    _emit(render(COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
 
 
 def _fp(row: Comparison) -> Footprint:
@@ -144,12 +184,14 @@ COMPARE_COLUMNS = (
     Column("attention", "Attn", lambda r: _fp(r).attention),
     Column("layout", "Layout", lambda r: _fp(r).layout),
     Column("kv_dtype", "Dtype", lambda r: _fp(r).kv_dtype, human=False),
+    Column("engine", "Engine", lambda r: _fp(r).engine.name, human=False),
     Column("seq_len", "Tokens", lambda r: _fp(r).seq_len, Kind.TOKENS),
     Column("batch", "Batch", lambda r: _fp(r).batch, Kind.COUNT, human=False),
     Column("mtp_layers", "MTP", lambda r: _fp(r).mtp_layers, Kind.COUNT, human=False),
     Column("bytes_per_token", "B/token", lambda r: _fp(r).bytes_per_token, Kind.COUNT),
     Column("total_bytes", "KV cache", lambda r: _fp(r).total_bytes, Kind.BYTES),
-    Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES, human=False),
+    Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES),
+    Column("gpus", "GPUs", lambda r: _fp(r).gpus, Kind.COUNT, human=False),
     Column(
         "mha_equivalent_bytes", "MHA-equiv", lambda r: r.mha_equivalent.total_bytes, Kind.BYTES
     ),
@@ -187,7 +229,7 @@ PART_COLUMNS_PER_TOKEN = (
 
 PART_COLUMNS = (
     *PART_COLUMNS_PER_TOKEN,
-    Column("tokens", "Tokens held", lambda p: p.tokens, Kind.COUNT),
+    Column("cells", "Token slots", lambda p: p.cells, Kind.COUNT),
     Column("total_bytes", "Bytes", lambda p: p.total_bytes, Kind.BYTES),
 )
 
@@ -206,8 +248,15 @@ def _window(spec: ModelSpec) -> str | None:
     return f"{spec.sliding_window:,} on {spec.layer_counts['sliding']}/{spec.num_layers}"
 
 
-def _compare_title(kv_dtype: str, layout: Layout, batch: int) -> str:
-    return f"KV cache, {kv_dtype}, MLA {layout} layout, batch {batch}"
+def _compare_title(fp: Footprint, layout: Layout | None) -> str:
+    """The options every row shares, in one line."""
+    where = "engine-neutral" if fp.engine.name == "ideal" else fp.engine.name
+    mla = f", MLA {layout or Layout.LATENT} layout" if fp.engine.name == "ideal" else ""
+    p = fp.parallel
+    gpus = "" if p.is_single_gpu else (
+        f", tp {p.tp} pp {p.pp} dcp {p.dcp} dp-attention {p.dp_attention} ({fp.gpus} GPUs)"
+    )
+    return f"KV cache, {fp.kv_dtype}, {where}{mla}, batch {fp.batch}{gpus}"
 
 
 def _show_notes(fp: Footprint, mha: Footprint, seq_len: int | None) -> list[str]:
@@ -227,7 +276,9 @@ def _show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals
         "attention": fp.attention,
         "layout": fp.layout,
         "kv_dtype": fp.kv_dtype,
+        "engine": fp.engine.name,
         "mtp_layers": fp.mtp_layers,
+        "notes": list(fp.notes),
         "bytes_per_token": fp.bytes_per_token,
         "mha_equivalent_bytes_per_token": mha.bytes_per_token,
         "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
@@ -235,7 +286,13 @@ def _show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals
         "explain": lines,
     }
     if totals:
-        doc |= {"seq_len": fp.seq_len, "batch": fp.batch, "total_bytes": fp.total_bytes}
+        doc |= {
+            "seq_len": fp.seq_len,
+            "batch": fp.batch,
+            "total_bytes": fp.total_bytes,
+            "per_gpu_bytes": fp.per_gpu_bytes,
+            "gpu_parts": [{c.key: c.value(p) for c in parts} for p in fp.gpu_parts],
+        }
     return doc
 
 

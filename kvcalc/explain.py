@@ -8,6 +8,7 @@ Pure text: the CLI decides where it goes.
 from __future__ import annotations
 
 from kvcalc.analytic import Footprint, Part
+from kvcalc.engines import Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
 from kvcalc.spec import LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
@@ -27,8 +28,13 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
         lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
+    if fp.engine.rules:
+        lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
+        lines += [f"  - {rule}" for rule in fp.engine.rules]
     if with_totals:
         lines += ["", *_total_lines(fp, groups)]
+    if not fp.parallel.is_single_gpu:
+        lines += ["", *_gpu_lines(fp, with_totals)]
     lines += ["", _mha_line(fp, mha)]
     return lines
 
@@ -36,7 +42,8 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
 def _headline(fp: Footprint) -> str:
     layout = "" if fp.layout == "kv" else f", {fp.layout} layout"
     mtp = f", counting {fp.mtp_layers} MTP layer{'s' * (fp.mtp_layers > 1)}" if fp.mtp_layers else ""
-    return f"{fp.attention}{layout}, {fp.kv_dtype}{mtp}"
+    engine = "" if fp.engine.name == "ideal" else f", {fp.engine.name}"
+    return f"{fp.attention}{layout}, {fp.kv_dtype}{mtp}{engine}"
 
 
 def _groups(fp: Footprint) -> dict[LayerKind, list[Part]]:
@@ -47,7 +54,7 @@ def _groups(fp: Footprint) -> dict[LayerKind, list[Part]]:
 
 
 def _first_group(fp: Footprint) -> list[Part]:
-    return next(iter(_groups(fp).values()))
+    return _first_group_of(fp.parts)
 
 
 def _factors(part: Part) -> str:
@@ -107,18 +114,65 @@ def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
 
 
 def _total_lines(fp: Footprint, groups: dict[LayerKind, list[Part]]) -> list[str]:
-    batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
     lines = [f"At {humanize_tokens(fp.seq_len)} tokens, batch {fp.batch}:"]
     for kind, parts in groups.items():
         rate = sum(p.bytes_per_token for p in parts)
-        tokens = parts[0].tokens
-        held = f"{tokens:,} tokens"
-        if kind is LayerKind.SLIDING:
-            held = f"min({fp.seq_len:,}, {fp.sliding_window:,}) = {held}"
+        cells = parts[0].cells
         group_total = sum(p.total_bytes for p in parts)
-        lines.append(f"  {kind} layers: {rate:,} B/token × {held}{batch} = {group_total:,} B")
+        held = _held_text(fp, kind, cells)
+        lines.append(f"  {kind} layers: {rate:,} B/token × {held} = {group_total:,} B")
     lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
     return lines
+
+
+def _held_text(fp: Footprint, kind: LayerKind, cells: int) -> str:
+    """``cells`` explained: tokens, windows, pages, padding."""
+    tokens = fp.seq_len
+    if kind is LayerKind.SLIDING:
+        tokens = min(fp.seq_len, fp.sliding_window)
+    exact = tokens * fp.batch
+    batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
+    if kind is LayerKind.SLIDING:
+        held = f"min({fp.seq_len:,}, {fp.sliding_window:,}) = {tokens:,} tokens{batch}"
+    else:
+        held = f"{tokens:,} tokens{batch}"
+    if cells == exact:
+        return held
+    return f"{held} → {cells:,} cells ({_cell_rule(fp.engine, kind)})"
+
+
+def _cell_rule(engine: Engine, kind: LayerKind) -> str:
+    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.WINDOW_MINUS_ONE:
+        return "the last window - 1 tokens"
+    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.UBATCH:
+        return "window × sequences + 512, padded to 256"
+    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.PAGE_SPAN:
+        return f"the {engine.page_tokens}-token pages spanning the window"
+    if engine.context_pad > 1:
+        return f"padded to {engine.context_pad}"
+    return f"whole pages of {engine.page_tokens}"
+
+
+def _gpu_lines(fp: Footprint, with_totals: bool) -> list[str]:
+    p = fp.parallel
+    lines = [
+        f"Per GPU (tp {p.tp}, pp {p.pp}, dcp {p.dcp}, dp-attention {p.dp_attention}; "
+        f"{fp.gpus} GPUs):"
+    ]
+    lines += [f"  - {note}" for note in fp.notes]
+    shape = ", ".join(f"{part.name} {_factors(part)}" for part in _first_group_of(fp.gpu_parts))
+    lines.append(f"  one GPU caches {shape}")
+    lines.append(f"  one GPU: {fp.gpu_bytes_per_token:,} B/token")
+    if with_totals:
+        lines.append(
+            f"  one GPU: {fp.per_gpu_bytes:,} B ({humanize_bytes(fp.per_gpu_bytes)}) at "
+            f"{humanize_tokens(fp.seq_len)} tokens, batch {fp.batch}"
+        )
+    return lines
+
+
+def _first_group_of(parts: tuple[Part, ...]) -> list[Part]:
+    return [p for p in parts if p.layer_kind == parts[0].layer_kind]
 
 
 def _mha_line(fp: Footprint, mha: Footprint) -> str:

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 COMPARE_TABLE = """\
-KV cache, bf16, MLA latent layout, batch 1
+KV cache, bf16, engine-neutral, MLA latent layout, batch 1
 
-  Model           Attn   Layout   Tokens   B/token   KV cache   MHA-equiv   vs MHA
-──────────────────────────────────────────────────────────────────────────────────────
-  DeepSeek-V3     MLA    latent       4k    70,272    274 MiB    19.1 GiB   71.1× less
-  DeepSeek-V3     MLA    latent     128k    70,272   8.58 GiB     610 GiB   71.1× less
-  Llama-3.1-70B   GQA    kv           4k   327,680   1.25 GiB    10.0 GiB   8.0× less
-  Llama-3.1-70B   GQA    kv         128k   327,680   40.0 GiB     320 GiB   8.0× less
+  Model           Attn   Layout   Tokens   B/token   KV cache    Per GPU   MHA-equiv   vs MHA
+─────────────────────────────────────────────────────────────────────────────────────────────────
+  DeepSeek-V3     MLA    latent       4k    70,272    274 MiB    274 MiB    19.1 GiB   71.1× less
+  DeepSeek-V3     MLA    latent     128k    70,272   8.58 GiB   8.58 GiB     610 GiB   71.1× less
+  Llama-3.1-70B   GQA    kv           4k   327,680   1.25 GiB   1.25 GiB    10.0 GiB   8.0× less
+  Llama-3.1-70B   GQA    kv         128k   327,680   40.0 GiB   40.0 GiB     320 GiB   8.0× less
 """
 
 
@@ -34,12 +34,14 @@ def test_compare_json_rows(cli):
         "attention": "MLA",
         "layout": "latent",
         "kv_dtype": "bf16",
+        "engine": "ideal",
         "seq_len": 131072,
         "batch": 1,
         "mtp_layers": 1,
         "bytes_per_token": 71_424,
         "total_bytes": 9_361_686_528,
         "per_gpu_bytes": 9_361_686_528,
+        "gpus": 1,
         "mha_equivalent_bytes": 128 * (192 + 128) * 2 * 62 * 131072,  # decompressed, with MTP
     }
 
@@ -65,9 +67,9 @@ def test_compare_markdown_to_file(cli, tmp_path):
     assert (status, out) == (0, "")
     assert err == f"kvcalc: wrote {target}\n"
     assert target.read_text().splitlines()[2:5] == [
-        "| Model | Attn | Layout | Tokens | B/token | KV cache | MHA-equiv | vs MHA |",
-        "|---|---|---|---:|---:|---:|---:|---|",
-        "| DeepSeek-V3 | MLA | decompressed | 128k | 4,997,120 | 610 GiB | 610 GiB | same |",
+        "| Model | Attn | Layout | Tokens | B/token | KV cache | Per GPU | MHA-equiv | vs MHA |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| DeepSeek-V3 | MLA | decompressed | 128k | 4,997,120 | 610 GiB | 610 GiB | 610 GiB | same |",
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["kv.md"]  # no temporary file left behind
 
@@ -95,7 +97,7 @@ def test_show_parts_table(cli):
     status, out, _ = cli("show", "mistral-7b-v0.1", "--seq", "32k")
     assert status == 0
     assert "536,870,912 B at 32k tokens × batch 1" in out
-    assert "  K      sliding      32    1,024           2,048    65,536         4,096   256 MiB" in out
+    assert "  K      sliding      32    1,024           2,048    65,536         4,096   256 MiB" in out, out
 
 
 def test_show_json(cli):
@@ -103,7 +105,7 @@ def test_show_json(cli):
     assert status == 0
     doc = json.loads(out)
     assert doc["total_bytes"] == 81_920 * 32768 + 425_984 * 1024
-    assert [(p["part"], p["layer_kind"], p["tokens"]) for p in doc["parts"]] == [
+    assert [(p["part"], p["layer_kind"], p["cells"]) for p in doc["parts"]] == [
         ("K", "full", 32768), ("V", "full", 32768), ("K", "sliding", 1024), ("V", "sliding", 1024),
     ]
     assert doc["spec"]["sliding_window"] == 1024

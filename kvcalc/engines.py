@@ -1,0 +1,231 @@
+"""Engine profiles: how each serving engine lays out, pages and windows the same model's cache.
+
+A profile is data. ``--engine NAME[@VARIANT]`` picks one; without ``--engine`` the figures are the
+engine-neutral ideal (exact token counts, no pages, the layout ``--layout`` names).
+
+Sources, per profile:
+- vLLM ``vllm/v1/kv_cache_interface.py``: a page is ``block_size`` tokens; ``MLAAttentionSpec``
+  caches one 576-wide "KV head" (656 B per token with ``fp8_ds_mla``); ``SlidingWindowSpec`` keeps the
+  last ``sliding_window - 1`` tokens plus the new one, in whole pages. Block size 16 by default, 64
+  with the FlashMLA backend (the default for MLA on Hopper), 128 with CUTLASS MLA.
+  ``VLLM_MLA_DISABLE=1`` caches per-head K and V with V padded to the K width.
+- SGLang ``mem_cache/memory_pool.py`` (``MLATokenToKVPool``: 576 per token): page size 1 (FlashInfer,
+  Triton, FA3), 64 (FlashMLA), 128 (CUTLASS MLA).
+- llama.cpp ``src/llama-kv-cache.cpp`` / ``llama-kv-cache-iswa.cpp``: the context is padded to 256
+  cells; SWA layers get ``pad(min(n_ctx, n_swa * n_seq + n_ubatch), 256)`` cells, n_ubatch 512. MLA:
+  per-head K and V before April 2025; K 576 + V 512 (the latent again) from April 2025; K 576 only
+  (V a view of K) since January 2026.
+- transformers ``cache_utils.py``: ``DynamicCache`` grows per token; sliding layers keep the last
+  ``sliding_window - 1`` tokens. DeepSeek MLA is cached decompressed up to 5.14, latent from 5.15.
+- DeepSeek-V3 ``inference/model.py``: ``attn_impl="absorb"`` caches the latent and rope key,
+  ``"naive"`` per-head K and V; bf16, preallocated for ``max_seq_len`` (here: the requested length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kvcalc.errors import OptionError
+
+
+class MlaCache(StrEnum):
+    """What an MLA model's cache holds per token and layer."""
+
+    LATENT = "latent"  # latent d_c + rope key d_R
+    LATENT_KV = "latent-kv"  # K = latent + rope key, V = the latent again (llama.cpp 2025)
+    DECOMPRESSED = "decompressed"  # per-head K (d_nope + d_R) and V (d_v)
+    DECOMPRESSED_PADDED = "decompressed-padded"  # ... with V padded to the K width (vLLM, MLA off)
+
+
+class WindowRule(StrEnum):
+    """How many token slots a sliding-window layer holds."""
+
+    EXACT = "exact"  # min(seq_len, window)
+    WINDOW_MINUS_ONE = "window-1"  # min(seq_len, window - 1): transformers' DynamicCache
+    PAGE_SPAN = "page-span"  # the pages spanned by the last `window` tokens: vLLM
+    UBATCH = "ubatch"  # pad(min(context, window * sequences + 512), 256): llama.cpp
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    mla_cache: MlaCache | None
+    """None: the engine-neutral ideal, where ``--layout`` decides."""
+    page_tokens: int
+    """Tokens per page; a sequence's cache is rounded up to whole pages (1 = unpaged)."""
+    window_rule: WindowRule
+    formats: tuple[str, ...] | None
+    """Storage formats the engine offers (None: any)."""
+    source: str
+    context_pad: int = 1
+    """The whole context (all sequences' cells) is rounded up to a multiple of this."""
+    mla_only: bool = False
+    rules: tuple[str, ...] = ()
+    """What the profile does, in words, for ``show --explain``."""
+
+    def check(self, kv_dtype: str, is_mla: bool) -> None:
+        if self.formats is not None and kv_dtype not in self.formats:
+            raise OptionError(
+                f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
+            )
+        if self.mla_only and not is_mla:
+            raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
+
+
+_VLLM_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla")
+_SGLANG_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla")
+_LLAMA_CPP_FORMATS = ("fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+_TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
+
+IDEAL = Engine(
+    name="ideal",
+    mla_cache=None,
+    page_tokens=1,
+    window_rule=WindowRule.EXACT,
+    formats=None,
+    source="KV-CACHE-FACTS section 1: exact elements, no paging",
+)
+
+
+def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str) -> Engine:
+    return Engine(
+        name=f"vllm@{variant}",
+        mla_cache=mla_cache,
+        page_tokens=page,
+        window_rule=WindowRule.PAGE_SPAN,
+        formats=_VLLM_FORMATS,
+        source="vllm/v1/kv_cache_interface.py (FullAttentionSpec, MLAAttentionSpec, SlidingWindowSpec)",
+        rules=(
+            rule,
+            f"pages of {page} tokens: each sequence rounded up to whole pages",
+            "sliding layers keep the pages spanning the last `window` tokens",
+        ),
+    )
+
+
+def _sglang(variant: str, page: int) -> Engine:
+    return Engine(
+        name=f"sglang@{variant}",
+        mla_cache=MlaCache.LATENT,
+        page_tokens=page,
+        window_rule=WindowRule.EXACT,
+        formats=_SGLANG_FORMATS,
+        source="sglang/srt/mem_cache/memory_pool.py (MHATokenToKVPool, MLATokenToKVPool)",
+        rules=(
+            "MLA: the 576-wide latent + rope key per token",
+            f"pages of {page} token{'s' * (page > 1)}",
+        ),
+    )
+
+
+def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
+    return Engine(
+        name=f"llama.cpp@{era}",
+        mla_cache=mla_cache,
+        page_tokens=1,
+        window_rule=WindowRule.UBATCH,
+        formats=_LLAMA_CPP_FORMATS,
+        context_pad=256,
+        source="llama.cpp src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp",
+        rules=(
+            rule,
+            "one cache for all sequences, padded to 256 cells (flash attention)",
+            "SWA layers: pad(min(context, window x sequences + 512), 256) cells",
+        ),
+    )
+
+
+def _transformers(version: str, mla_cache: MlaCache) -> Engine:
+    return Engine(
+        name=f"transformers@{version}",
+        mla_cache=mla_cache,
+        page_tokens=1,
+        window_rule=WindowRule.WINDOW_MINUS_ONE,
+        formats=_TRANSFORMERS_FORMATS,
+        source="transformers cache_utils.py (DynamicCache, DynamicSlidingWindowLayer)",
+        rules=(
+            f"MLA cached {mla_cache} (transformers {version})",
+            "DynamicCache: no pages, grows one token at a time",
+            "sliding layers keep the last window - 1 tokens",
+        ),
+    )
+
+
+def _reference(mode: str, mla_cache: MlaCache) -> Engine:
+    return Engine(
+        name=f"reference@{mode}",
+        mla_cache=mla_cache,
+        page_tokens=1,
+        window_rule=WindowRule.EXACT,
+        formats=("bf16",),
+        mla_only=True,
+        source="DeepSeek-V3 inference/model.py (MLA, attn_impl)",
+        rules=(
+            f'attn_impl="{mode}": MLA cached {mla_cache}',
+            "bf16 buffers preallocated for max_seq_len (taken as --seq) x max_batch_size",
+        ),
+    )
+
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in [
+        _vllm("flashmla", 64, MlaCache.LATENT, "MLA: one 576-wide KV head (FlashMLA backend)"),
+        _vllm("default", 16, MlaCache.LATENT, "MLA: one 576-wide KV head"),
+        _vllm("cutlass-mla", 128, MlaCache.LATENT, "MLA: one 576-wide KV head (CUTLASS MLA)"),
+        _vllm(
+            "no-mla",
+            16,
+            MlaCache.DECOMPRESSED_PADDED,
+            "VLLM_MLA_DISABLE=1: per-head K and V, V padded to the K width",
+        ),
+        _sglang("default", 1),
+        _sglang("flashmla", 64),
+        _sglang("cutlass-mla", 128),
+        _llama_cpp("2026", MlaCache.LATENT, "MLA: K = latent + rope key (576), V a view of K"),
+        _llama_cpp("2025", MlaCache.LATENT_KV, "MLA: K = latent + rope key (576), V = latent (512)"),
+        _llama_cpp("2024", MlaCache.DECOMPRESSED, "MLA: per-head K and V (before April 2025)"),
+        _transformers("5.15", MlaCache.LATENT),
+        _transformers("5.14", MlaCache.DECOMPRESSED),
+        _reference("absorb", MlaCache.LATENT),
+        _reference("naive", MlaCache.DECOMPRESSED),
+    ]
+}
+
+DEFAULT_VARIANT = {
+    "vllm": "default",
+    "sglang": "default",
+    "llama.cpp": "2026",
+    "transformers": "5.15",
+    "reference": "absorb",
+}
+"""``--engine vllm`` means ``vllm@default`` and so on. vLLM's default for MLA models is
+``vllm@flashmla`` (see ``get_engine``)."""
+
+
+def engine_names() -> list[str]:
+    return [*DEFAULT_VARIANT, *ENGINES]
+
+
+def get_engine(name: str | None, *, is_mla: bool = False, block_size: int | None = None) -> Engine:
+    """The profile for ``--engine`` (None: the ideal), with ``--block-size`` applied."""
+    if name is None:
+        engine = IDEAL
+    else:
+        key = name.lower()
+        if key == "vllm" and is_mla:
+            key = "vllm@flashmla"  # vLLM picks FlashMLA for MLA models on Hopper
+        elif key in DEFAULT_VARIANT:
+            key = f"{key}@{DEFAULT_VARIANT[key]}"
+        if key not in ENGINES:
+            raise OptionError(
+                f"--engine: unknown engine {name!r}; choose one of {', '.join(engine_names())}"
+            )
+        engine = ENGINES[key]
+    if block_size is None:
+        return engine
+    if block_size < 1:
+        raise OptionError(f"--block-size: {block_size} must be at least 1")
+    rules = (*engine.rules, f"--block-size {block_size}: pages of {block_size} tokens")
+    return Engine(**{**engine.__dict__, "page_tokens": block_size, "rules": rules})

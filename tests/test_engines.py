@@ -1,0 +1,105 @@
+"""Engine profiles: layouts, pages, windows and formats, each against the engine's own rule."""
+
+import pytest
+
+from kvcalc.analytic import Layout, Options, footprint
+from kvcalc.catalog import load_bundled
+from kvcalc.engines import get_engine
+from kvcalc.errors import OptionError
+
+V3 = load_bundled("deepseek-v3")
+
+
+def fp(name, seq, **kw):
+    return footprint(load_bundled(name), Options(seq, **kw))
+
+
+def test_vllm_picks_flashmla_pages_for_mla():
+    assert get_engine("vllm", is_mla=True).page_tokens == 64
+    assert get_engine("vllm", is_mla=False).page_tokens == 16
+
+
+def test_vllm_rounds_each_sequence_to_whole_pages():
+    f = fp("deepseek-v3", 100_000, engine="vllm", batch=2)
+    assert f.parts[0].cells == 2 * 1563 * 64  # ceil(100,000 / 64) pages per sequence
+    assert f.total_bytes == 70_272 * 2 * 100_032
+
+
+def test_block_size_overrides_the_page():
+    assert fp("llama-3.1-8b", 100, engine="vllm", block_size=128).parts[0].cells == 128
+
+
+@pytest.mark.parametrize(("kv_dtype", "per_layer"), [("fp8", 576), ("fp8_ds_mla", 656), ("bf16", 1152)])
+def test_vllm_mla_page_bytes(kv_dtype, per_layer):
+    # MLAAttentionSpec: block_size x 576 x dtype, or block_size x 656 for fp8_ds_mla
+    assert fp("deepseek-v3", 64, engine="vllm", kv_dtype=kv_dtype).bytes_per_token == per_layer * 61
+
+
+def test_vllm_without_mla_pads_v_to_the_k_width():
+    f = fp("deepseek-v3", 16, engine="vllm@no-mla")
+    assert f.bytes_per_token == 2 * 128 * 192 * 2 * 61
+
+
+@pytest.mark.parametrize(("seq", "cells"), [(4000, 4000), (32768, 4096), (32770, 4112)])
+def test_vllm_sliding_window_keeps_the_pages_spanning_it(seq, cells):
+    # Mistral: window 4096, pages of 16. At 32,770 tokens the window [28,674, 32,770) straddles
+    # 257 pages; at 32,768 it is page-aligned (256 pages).
+    assert fp("mistral-7b-v0.1", seq, engine="vllm").parts[0].cells == cells
+
+
+def test_sglang_default_is_unpaged_latent():
+    f = fp("deepseek-v3", 100_000, engine="sglang")
+    assert (f.layout, f.parts[0].cells) == ("latent", 100_000)
+    assert fp("deepseek-v3", 100_000, engine="sglang@flashmla").parts[0].cells == 100_032
+
+
+def test_llama_cpp_pads_the_context_to_256():
+    assert fp("llama-3.1-8b", 1000, engine="llama.cpp").parts[0].cells == 1024
+
+
+@pytest.mark.parametrize(("seq", "batch", "swa_cells"), [(32768, 1, 1536), (8192, 4, 4608), (600, 1, 768)])
+def test_llama_cpp_swa_cells(seq, batch, swa_cells):
+    # pad(min(n_ctx, n_swa x n_seq + n_ubatch 512), 256); n_ctx = pad(seq x batch, 256)
+    f = fp("gemma-3-27b", seq, engine="llama.cpp", batch=batch)
+    sliding = [p for p in f.parts if p.layer_kind == "sliding"]
+    assert {p.cells for p in sliding} == {swa_cells}
+
+
+def test_llama_cpp_eras():
+    values = {
+        era: fp("deepseek-v3", 256, engine=f"llama.cpp@{era}").bytes_per_token // (2 * 61)
+        for era in ("2024", "2025", "2026")
+    }
+    assert values == {"2024": 128 * (192 + 128), "2025": 512 + 64 + 512, "2026": 512 + 64}
+
+
+def test_llama_cpp_quantised_rows():
+    assert fp("deepseek-v3", 256, engine="llama.cpp", kv_dtype="q8_0").bytes_per_token == 612 * 61
+
+
+def test_transformers_versions_and_window():
+    assert fp("deepseek-v3", 10, engine="transformers@5.14").bytes_per_token == 4_997_120
+    assert fp("deepseek-v3", 10, engine="transformers").bytes_per_token == 70_272
+    sliding = [p for p in fp("gemma-3-27b", 32768, engine="transformers").parts if p.layer_kind == "sliding"]
+    assert {p.cells for p in sliding} == {1023}
+
+
+def test_reference_modes():
+    assert fp("deepseek-v3", 10, engine="reference").layout == "latent"
+    assert fp("deepseek-v3", 10, engine="reference@naive").bytes_per_token == 4_997_120
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("llama-3.1-8b", {"engine": "reference"}, "runs DeepSeek MLA models only"),
+        ("llama-3.1-8b", {"engine": "llama.cpp", "kv_dtype": "fp8"}, "llama.cpp@2026 caches in fp32"),
+        ("llama-3.1-8b", {"engine": "vllm", "kv_dtype": "q8_0"}, "vllm@default caches in"),
+        ("deepseek-v3", {"engine": "vllm", "layout": Layout.DECOMPRESSED}, "vllm@no-mla"),
+        ("deepseek-v3", {"engine": "tgi"}, "unknown engine 'tgi'"),
+        ("deepseek-v3", {"engine": "vllm", "block_size": 0}, "--block-size: 0"),
+    ],
+)
+def test_engine_errors(model, options, message):
+    with pytest.raises(OptionError, match=message):
+        fp(model, 10, **options)
