@@ -1,4 +1,5 @@
-"""Specs by name (the bundled ``model_specs/``) or by path (the user's own YAML).
+"""Specs by name (the bundled ``model_specs/``) or by path (the user's own YAML, or a Hugging Face
+or DeepSeek reference config, recognised by content).
 
 YAML is read with safe loading only. Every failure becomes one line naming the file, the field and
 the value.
@@ -9,13 +10,12 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
+from kvcalc import hf
 from kvcalc.errors import SpecError, UnknownModelError
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import ModelSpec, validate_spec
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -48,7 +48,7 @@ def resolve(model: str) -> ModelSpec:
     raise UnknownModelError(f"unknown model {model!r}{hint} (see `kvcalc list`)")
 
 
-def load_spec_file(path: Path) -> ModelSpec:
+def load_spec_file(path: Path, name: str | None = None) -> ModelSpec:
     if path.is_dir():
         raise SpecError(f"{path}: is a folder, not a spec file")
     try:
@@ -59,11 +59,13 @@ def load_spec_file(path: Path) -> ModelSpec:
         raise SpecError(f"{path}: not a text file (it is not valid UTF-8)") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), name)
 
 
-def parse_spec(text: str, origin: str) -> ModelSpec:
-    """Validate spec text (YAML or JSON); ``origin`` names it in error messages."""
+def parse_spec(text: str, origin: str, name: str | None = None) -> ModelSpec:
+    """A spec from text, by content: a kvcalc spec, a Hugging Face config.json, or a DeepSeek
+    reference config. ``origin`` names the file in error messages; ``name`` overrides the name an
+    imported config gets from its path."""
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
@@ -72,10 +74,13 @@ def parse_spec(text: str, origin: str) -> ModelSpec:
         raise SpecError(
             f"{origin}: expected a mapping of spec fields, got {type(data).__name__} {data!r:.40}"
         )
-    try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(f"{origin}: {_first_problem(e)}") from None
+    if hf.is_hf_config(data):
+        return hf.spec_from_hf(data, origin, name or hf.name_from_origin(origin))
+    if hf.is_reference_config(data):
+        return hf.spec_from_reference(data, origin, name or hf.name_from_origin(origin))
+    if name is not None:
+        data = {**data, "name": name}
+    return validate_spec(data, origin)
 
 
 def _specs_dir():
@@ -95,35 +100,3 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     return f"{where}malformed YAML ({problem})"
-
-
-def _first_problem(e: ValidationError) -> str:
-    errors = e.errors()
-    first = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    field = _field_name(first["loc"])
-    kind = first["type"]
-    if kind == "missing":
-        return f"{field}: required field is missing{more}"
-    if kind == "union_tag_invalid":
-        tags = first["ctx"]["expected_tags"]
-        return f"{field}.kind: {first['ctx']['tag']!r} is not one of {tags}{more}"
-    if kind == "union_tag_not_found":
-        return f"{field}.kind: required field is missing (standard or mla){more}"
-    if kind == "extra_forbidden":
-        return f"{field}: unknown field (value {_show(first['input'])}){more}"
-    message = first["msg"].removeprefix("Value error, ")
-    if kind == "value_error":
-        return f"{field}: {message}{more}"
-    return f"{field}: {_show(first['input'])}: {message}{more}"
-
-
-def _field_name(loc: tuple) -> str:
-    """Dotted field path, without pydantic's union tags (``attention.mla.x`` -> ``attention.x``)."""
-    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "attention")]
-    return ".".join(parts) or "spec"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,13 +18,13 @@ import typer
 from kvcalc import __version__
 from kvcalc.analytic import Comparison, Footprint, Layout, Options, compare, footprint, mha_equivalent
 from kvcalc.parallel import Parallel
-from kvcalc.catalog import bundled_specs, resolve
+from kvcalc.catalog import bundled_specs, load_spec_file, resolve
 from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.explain import explain
 from kvcalc.formats import FORMATS
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import MlaAttention, ModelSpec
 from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
 
 app = typer.Typer(
@@ -137,7 +138,8 @@ def show(
         text = render_lines(lines, fmt)
     else:
         columns = PART_COLUMNS if seq_len else PART_COLUMNS_PER_TOKEN
-        text = render(columns, fp.parts, fmt, title=lines[0], notes=_show_notes(fp, mha, seq_len))
+        notes = _show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
+        text = render(columns, fp.parts, fmt, title=lines[0], notes=notes)
     _emit(text, output)
 
 
@@ -172,6 +174,42 @@ def compare_models(
     title = _compare_title(rows[0].footprint, layout)
     notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
     _emit(render(COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
+
+
+class SpecFormat(StrEnum):
+    YAML = "yaml"
+    JSON = "json"
+
+
+@app.command("import")
+def import_config(
+    config: Annotated[
+        Path, typer.Argument(help="A Hugging Face config.json or DeepSeek reference config.")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name [default: from the path].")
+    ] = None,
+    fmt: Annotated[SpecFormat, typer.Option("--format", "-f", help="Spec file format.")] = (
+        SpecFormat.YAML
+    ),
+    output: OutputOpt = None,
+) -> None:
+    """Write the kvcalc spec a config describes, to keep and edit (kvcalc show reads it back)."""
+    spec = load_spec_file(config, name)
+    _emit(spec_text(spec, fmt, origin=str(config)), output)
+
+
+def spec_text(spec: ModelSpec, fmt: SpecFormat, origin: str) -> str:
+    """A spec as a file that ``kvcalc`` reads back to the same spec."""
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(spec.attention, MlaAttention):
+        data["attention"]["q_lora_rank"] = spec.attention.q_lora_rank  # required, even when null
+    if fmt is SpecFormat.JSON:
+        return json.dumps(data, indent=2) + "\n"
+    import yaml
+
+    header = f"# kvcalc spec imported from {origin}\n"
+    return header + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
 def _fp(row: Comparison) -> Footprint:

@@ -61,8 +61,10 @@ class Engine:
     context_pad: int = 1
     """The whole context (all sequences' cells) is rounded up to a multiple of this."""
     mla_only: bool = False
+    mla_rule: str = ""
+    """How it caches MLA, in words (shown for MLA models only)."""
     rules: tuple[str, ...] = ()
-    """What the profile does, in words, for ``show --explain``."""
+    """What else the profile does, in words, for ``show --explain``."""
 
     def check(self, kv_dtype: str, is_mla: bool) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
@@ -96,8 +98,8 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str) -> Engine:
         window_rule=WindowRule.PAGE_SPAN,
         formats=_VLLM_FORMATS,
         source="vllm/v1/kv_cache_interface.py (FullAttentionSpec, MLAAttentionSpec, SlidingWindowSpec)",
+        mla_rule=rule,
         rules=(
-            rule,
             f"pages of {page} tokens: each sequence rounded up to whole pages",
             "sliding layers keep the pages spanning the last `window` tokens",
         ),
@@ -112,10 +114,8 @@ def _sglang(variant: str, page: int) -> Engine:
         window_rule=WindowRule.EXACT,
         formats=_SGLANG_FORMATS,
         source="sglang/srt/mem_cache/memory_pool.py (MHATokenToKVPool, MLATokenToKVPool)",
-        rules=(
-            "MLA: the 576-wide latent + rope key per token",
-            f"pages of {page} token{'s' * (page > 1)}",
-        ),
+        mla_rule="MLA: the 576-wide latent + rope key per token",
+        rules=(f"pages of {page} token{'s' * (page > 1)}",),
     )
 
 
@@ -128,8 +128,8 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
         formats=_LLAMA_CPP_FORMATS,
         context_pad=256,
         source="llama.cpp src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp",
+        mla_rule=rule,
         rules=(
-            rule,
             "one cache for all sequences, padded to 256 cells (flash attention)",
             "SWA layers: pad(min(context, window x sequences + 512), 256) cells",
         ),
@@ -144,8 +144,8 @@ def _transformers(version: str, mla_cache: MlaCache) -> Engine:
         window_rule=WindowRule.WINDOW_MINUS_ONE,
         formats=_TRANSFORMERS_FORMATS,
         source="transformers cache_utils.py (DynamicCache, DynamicSlidingWindowLayer)",
+        mla_rule=f"MLA cached {mla_cache} (transformers {version})",
         rules=(
-            f"MLA cached {mla_cache} (transformers {version})",
             "DynamicCache: no pages, grows one token at a time",
             "sliding layers keep the last window - 1 tokens",
         ),
@@ -161,8 +161,8 @@ def _reference(mode: str, mla_cache: MlaCache) -> Engine:
         formats=("bf16",),
         mla_only=True,
         source="DeepSeek-V3 inference/model.py (MLA, attn_impl)",
+        mla_rule=f'attn_impl="{mode}": MLA cached {mla_cache}',
         rules=(
-            f'attn_impl="{mode}": MLA cached {mla_cache}',
             "bf16 buffers preallocated for max_seq_len (taken as --seq) x max_batch_size",
         ),
     )

@@ -20,6 +20,9 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
     lines = [f"{fp.display_name} ({fp.model}): {_headline(fp)}"]
     if spec.source:
         lines.append(f"source: {spec.source}")
+    if spec.assumptions:
+        lines += ["", "Assumed where the config is silent:"]
+        lines += [f"  - {a}" for a in spec.assumptions]
     lines += ["", "Cached per token and layer:"]
     lines += [f"  {p.name} = {_factors(p)} = {p.values:,} values" for p in _first_group(fp)]
     lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
@@ -28,9 +31,10 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
         lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
-    if fp.engine.rules:
+    if fp.engine.name != "ideal":
+        mla = (fp.engine.mla_rule,) if fp.attention == "MLA" else ()
         lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
-        lines += [f"  - {rule}" for rule in fp.engine.rules]
+        lines += [f"  - {rule}" for rule in (*mla, *fp.engine.rules)]
     if with_totals:
         lines += ["", *_total_lines(fp, groups)]
     if not fp.parallel.is_single_gpu:

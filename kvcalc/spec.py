@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kvcalc.errors import SpecError
 
 Count = Annotated[int, Field(strict=True, gt=0)]
 """A strictly positive integer (layers, heads, dims, tokens)."""
@@ -106,6 +108,8 @@ class ModelSpec(_Frozen):
     sliding_window: Count | None = None
     layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1)] | None = None
     layer_types: tuple[LayerKind, ...] | None = None
+    assumptions: tuple[str, ...] = ()
+    """Defaults assumed where an imported config was silent (``kvcalc import`` fills it)."""
 
     @model_validator(mode="after")
     def _layers_agree(self) -> ModelSpec:
@@ -138,3 +142,44 @@ class ModelSpec(_Frozen):
     def layer_counts(self) -> Counter[LayerKind]:
         """How many layers of each kind, computed once per spec."""
         return Counter(self.layer_kinds)
+
+
+def validate_spec(data: dict, origin: str) -> ModelSpec:
+    """A validated spec, or a ``SpecError`` naming ``origin``, the field and the value."""
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{origin}: {_describe(e)}") from None
+
+
+def _describe(e: ValidationError) -> str:
+    """The first problem as ``field: value: message``, counting the rest."""
+    errors = e.errors()
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    field = _field_name(first["loc"])
+    kind = first["type"]
+    if kind == "missing":
+        return f"{field}: required field is missing{more}"
+    if kind == "union_tag_invalid":
+        tags = first["ctx"]["expected_tags"]
+        return f"{field}.kind: {first['ctx']['tag']!r} is not one of {tags}{more}"
+    if kind == "union_tag_not_found":
+        return f"{field}.kind: required field is missing (standard or mla){more}"
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field (value {_show(first['input'])}){more}"
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{field}: {message}{more}"
+    return f"{field}: {_show(first['input'])}: {message}{more}"
+
+
+def _field_name(loc: tuple) -> str:
+    """Dotted field path, without pydantic's union tags (``attention.mla.x`` -> ``attention.x``)."""
+    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "attention")]
+    return ".".join(parts) or "spec"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,301 @@
+"""Hugging Face ``config.json`` and DeepSeek reference ``inference/configs/*.json`` -> spec.
+
+Read by content, never by file or model name (KV-CACHE-FACTS section 6):
+- MLA is detected by its fields (``kv_lora_rank``); its ``num_key_value_heads`` and ``head_dim``
+  do not describe the cache and are ignored.
+- ``head_dim`` is taken when present; hidden_size / heads is only a fallback, and said so.
+- Multimodal wrappers nest the language model under ``text_config``.
+- Windows: ``layer_types`` first; then each family's rule (Gemma-2 alternates from layer 0,
+  Gemma-3 repeats five sliding + one full by class default, Qwen gates ``sliding_window`` with
+  ``use_sliding_window`` and ``max_window_layers``); otherwise a ``sliding_window`` applies to every
+  layer (Mistral-7B-v0.1, Phi-3).
+Every default assumed is recorded in the spec's ``assumptions`` and shown by ``show``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from kvcalc.errors import SpecError
+from kvcalc.spec import ModelSpec, validate_spec
+
+_HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
+_REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
+
+# Class defaults the published configs leave implicit (transformers configuration_*.py).
+_GEMMA2 = {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True}
+_GEMMA3 = {**_GEMMA2, "sliding_window_pattern": 6}
+FAMILY_DEFAULTS: dict[str, dict[str, int | bool]] = {
+    "gemma2": _GEMMA2,
+    "gemma3": _GEMMA3,
+    "gemma3_text": _GEMMA3,
+}
+_SLIDING_GATED = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
+_QKV_BIAS = {"qwen2", "qwen2_moe"}
+_QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
+_FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
+_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+
+
+def is_hf_config(data: dict) -> bool:
+    return any(key in data for key in _HF_MARKERS)
+
+
+def is_reference_config(data: dict) -> bool:
+    return all(key in data for key in _REFERENCE_MARKERS)
+
+
+def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
+    """A spec from a Hugging Face config.json (``origin`` names it in errors)."""
+    cfg = _Config(data.get("text_config") or data, origin)
+    model_type = str(cfg.raw.get("model_type") or data.get("model_type") or "")
+    cfg.defaults = FAMILY_DEFAULTS.get(model_type, {})
+    layers = cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
+    hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
+    heads = cfg.first_int("num_attention_heads", "n_head", "num_heads")
+    if cfg.raw.get("kv_lora_rank") is not None:
+        attention = _mla(cfg, heads)
+    else:
+        attention = _standard(cfg, heads, hidden)
+    fields = {
+        "name": name,
+        "display_name": _display_name(data, name),
+        "source": origin,
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
+        "mtp_layers": cfg.optional_int("num_nextn_predict_layers") or 0,
+        "attention": attention,
+        **_windows(cfg, model_type, layers),
+    }
+    fields["params"] = _params(cfg, model_type, fields)
+    fields["assumptions"] = tuple(cfg.assumptions)
+    return _validate(fields, origin)
+
+
+def spec_from_reference(data: dict, origin: str, name: str) -> ModelSpec:
+    """A spec from DeepSeek's reference ``inference/configs/config_*.json`` (``ModelArgs``)."""
+    cfg = _Config(data, origin)
+    q_lora = cfg.optional_int("q_lora_rank") or None  # 0 means a plain query projection
+    attention = {
+        "kind": "mla",
+        "num_heads": cfg.first_int("n_heads"),
+        "q_lora_rank": q_lora,
+        "kv_lora_rank": cfg.first_int("kv_lora_rank"),
+        "qk_nope_head_dim": cfg.first_int("qk_nope_head_dim"),
+        "qk_rope_head_dim": cfg.first_int("qk_rope_head_dim"),
+        "v_head_dim": cfg.first_int("v_head_dim"),
+    }
+    fields = {
+        "name": name,
+        "display_name": name,
+        "source": origin,
+        "num_layers": cfg.first_int("n_layers"),
+        "hidden_size": cfg.first_int("dim"),
+        "attention": attention,
+        "assumptions": ("the reference inference code runs no MTP layer: mtp_layers 0",),
+    }
+    return _validate(fields, origin)
+
+
+class _Config:
+    """Typed reads from one config mapping, recording every default assumed."""
+
+    def __init__(self, raw: dict, origin: str) -> None:
+        self.raw = raw
+        self.origin = origin
+        self.defaults: dict[str, int | bool] = {}
+        self.assumptions: list[str] = []
+
+    def first_int(self, *keys: str) -> int:
+        value = self.optional_int(*keys)
+        if value is None:
+            raise SpecError(f"{self.origin}: {keys[0]}: required field is missing")
+        return value
+
+    def optional_int(self, *keys: str) -> int | None:
+        for key in keys:
+            if self.raw.get(key) is not None:
+                return self._int(key, self.raw[key])
+        for key in keys:
+            if key in self.defaults:
+                value = self.defaults[key]
+                self.assume(f"{key} {value} (class default; absent from the config)")
+                return value
+        return None
+
+    def flag(self, key: str) -> bool | None:
+        value = self.raw.get(key)
+        if value is None and key in self.defaults:
+            value = bool(self.defaults[key])
+            self.assume(f"{key} {str(value).lower()} (class default; absent from the config)")
+        if value is not None and not isinstance(value, bool):
+            raise SpecError(f"{self.origin}: {key}: {value!r}: expected true or false")
+        return value
+
+    def assume(self, text: str) -> None:
+        self.assumptions.append(text)
+
+    def _int(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{self.origin}: {key}: {value!r}: expected an integer")
+        return value
+
+
+def _mla(cfg: _Config, heads: int) -> dict:
+    q_lora = cfg.optional_int("q_lora_rank")
+    v_dim = cfg.optional_int("v_head_dim")
+    if v_dim is None:
+        v_dim = cfg.first_int("qk_nope_head_dim")
+        cfg.assume(f"v_head_dim {v_dim} = qk_nope_head_dim (absent from the config)")
+    return {
+        "kind": "mla",
+        "num_heads": heads,
+        "q_lora_rank": q_lora,
+        "kv_lora_rank": cfg.first_int("kv_lora_rank"),
+        "qk_nope_head_dim": cfg.first_int("qk_nope_head_dim"),
+        "qk_rope_head_dim": cfg.first_int("qk_rope_head_dim"),
+        "v_head_dim": v_dim,
+    }
+
+
+def _standard(cfg: _Config, heads: int, hidden: int) -> dict:
+    kv_heads = cfg.optional_int("num_key_value_heads", "num_kv_heads", "n_head_kv")
+    if kv_heads is None and cfg.flag("multi_query"):
+        kv_heads = 1
+    if kv_heads is None:
+        kv_heads = heads
+        cfg.assume(f"num_key_value_heads {heads} = num_attention_heads (MHA; absent from the config)")
+    head_dim = cfg.optional_int("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise SpecError(
+                f"{cfg.origin}: head_dim: missing, and hidden_size {hidden} is not a multiple of "
+                f"{heads} heads"
+            )
+        head_dim = hidden // heads
+        cfg.assume(f"head_dim {head_dim} = hidden_size / num_attention_heads (absent from the config)")
+    return {"kind": "standard", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
+
+
+def _windows(cfg: _Config, model_type: str, layers: int) -> dict:
+    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full)."""
+    types = cfg.raw.get("layer_types")
+    if types is not None:
+        return _from_layer_types(cfg, types, layers)
+    if model_type == "gemma2":
+        return {"sliding_window": cfg.first_int("sliding_window"), "layer_pattern": ("sliding", "full")}
+    if model_type in ("gemma3", "gemma3_text"):
+        period = cfg.first_int("sliding_window_pattern")
+        pattern = ("sliding",) * (period - 1) + ("full",)
+        return {"sliding_window": cfg.first_int("sliding_window"), "layer_pattern": pattern}
+    window = cfg.optional_int("sliding_window")
+    if window is None or cfg.flag("use_sliding_window") is False:
+        return {}
+    if model_type in _SLIDING_GATED:
+        if not cfg.flag("use_sliding_window"):
+            return {}
+        first = cfg.optional_int("max_window_layers") or 0
+        kinds = tuple("sliding" if i >= first else "full" for i in range(layers))
+        return {"sliding_window": window, "layer_types": kinds}
+    return {"sliding_window": window, "layer_pattern": ("sliding",)}
+
+
+def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
+    if not isinstance(types, list):
+        raise SpecError(f"{cfg.origin}: layer_types: {types!r:.40}: expected a list")
+    unknown = sorted({t for t in types if t not in _LAYER_TYPES}, key=str)
+    if unknown:
+        raise SpecError(
+            f"{cfg.origin}: layer_types: {unknown[0]!r} is not supported "
+            f"(kvcalc models {', '.join(_LAYER_TYPES)})"
+        )
+    kinds = tuple(_LAYER_TYPES[t] for t in types)
+    if len(kinds) != layers:
+        raise SpecError(
+            f"{cfg.origin}: layer_types: lists {len(kinds)} layers but num_hidden_layers is {layers}"
+        )
+    if "sliding" not in kinds:
+        return {}
+    period = next(p for p in range(1, layers + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
+    shape = {"layer_pattern": kinds[:period]} if period < layers else {"layer_types": kinds}
+    return {"sliding_window": cfg.first_int("sliding_window"), **shape}
+
+
+def _params(cfg: _Config, model_type: str, fields: dict) -> int | None:
+    """Parameter count from the config's fields: embeddings, attention, (MoE) gated MLPs, norms.
+
+    Checked against published totals: Llama-3.1-8B 8,030,261,248; Qwen2.5-7B 7,615,616,512;
+    Mixtral-8x7B 46,702,792,704; DeepSeek-V3 671,026,419,200 (main model, MTP excluded).
+    """
+    vocab = cfg.optional_int("vocab_size")
+    inter = cfg.optional_int("intermediate_size")
+    if vocab is None or inter is None:
+        cfg.assume("params unknown: vocab_size or intermediate_size absent")
+        return None
+    hidden, layers = fields["hidden_size"], fields["num_layers"]
+    tied = cfg.flag("tie_word_embeddings")
+    if tied is None:
+        cfg.assume("tie_word_embeddings false (absent from the config): a separate output matrix")
+    embeddings = vocab * hidden * (1 if tied else 2)
+    attention = _attention_params(cfg, model_type, fields["attention"], hidden)
+    norms = (4 if model_type in _FOUR_NORMS else 2) * hidden
+    mlp = _mlp_params(cfg, hidden, inter)
+    total = embeddings + hidden + sum(attention + norms + mlp(i) for i in range(layers))
+    cfg.assume("params derived from the config (gated MLPs; expert and output biases not counted)")
+    return total
+
+
+def _attention_params(cfg: _Config, model_type: str, attn: dict, hidden: int) -> int:
+    heads = attn["num_heads"]
+    if attn["kind"] == "mla":
+        q_dim = heads * (attn["qk_nope_head_dim"] + attn["qk_rope_head_dim"])
+        q_lora = attn["q_lora_rank"]
+        q = hidden * q_dim if q_lora is None else hidden * q_lora + q_lora + q_lora * q_dim
+        rank = attn["kv_lora_rank"]
+        kv = hidden * (rank + attn["qk_rope_head_dim"]) + rank
+        kv += rank * heads * (attn["qk_nope_head_dim"] + attn["v_head_dim"])
+        return q + kv + heads * attn["v_head_dim"] * hidden
+    d, kv_heads = attn["head_dim"], attn["num_kv_heads"]
+    weights = 2 * hidden * heads * d + 2 * hidden * kv_heads * d
+    bias = (heads + 2 * kv_heads) * d if model_type in _QKV_BIAS or cfg.flag("attention_bias") else 0
+    qk_norm = 2 * d if model_type in _QK_NORM else 0
+    return weights + bias + qk_norm
+
+
+def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:
+    """Parameters of layer i's MLP: dense, or routed + shared experts and their router."""
+    experts = cfg.optional_int("n_routed_experts", "num_local_experts", "num_experts")
+    dense = 3 * hidden * inter
+    if not experts:
+        return lambda i: dense
+    expert_inter = cfg.optional_int("moe_intermediate_size") or inter
+    shared = (cfg.optional_int("n_shared_experts") or 0) * 3 * hidden * expert_inter
+    shared_inter = cfg.optional_int("shared_expert_intermediate_size")
+    if shared_inter:  # Qwen2-MoE: one shared expert with its own width and a sigmoid gate
+        shared = 3 * hidden * shared_inter + hidden
+    bias = experts if cfg.raw.get("topk_method") == "noaux_tc" else 0  # e_score_correction_bias
+    moe = experts * 3 * hidden * expert_inter + shared + hidden * experts + bias
+    first_dense = cfg.optional_int("first_k_dense_replace") or 0
+    return lambda i: dense if i < first_dense else moe
+
+
+def _display_name(data: dict, name: str) -> str:
+    path = data.get("_name_or_path")
+    return path.rstrip("/").rsplit("/", 1)[-1] if isinstance(path, str) and path else name
+
+
+def name_from_origin(origin: str) -> str:
+    """A catalog-style name from a config's path: ``models/DeepSeek-V3/config.json`` -> deepseek-v3."""
+    parts = [p for p in re.split(r"[\\/]", origin) if p]
+    stem = parts[-1].rsplit(".", 1)[0] if parts else "model"
+    if stem.lower() in ("config", "params") and len(parts) > 1:
+        stem = parts[-2]
+    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
+    return slug or "model"
+
+
+def _validate(fields: dict, origin: str) -> ModelSpec:
+    return validate_spec({k: v for k, v in fields.items() if v is not None}, origin)
