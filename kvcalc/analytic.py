@@ -186,8 +186,8 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     attn = spec.attention
     if isinstance(attn, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
-    mha = attn.model_copy(update={"num_kv_heads": attn.num_heads})
-    return footprint(spec.model_copy(update={"attention": mha}), neutral)
+    mha = replace(attn, num_kv_heads=attn.num_heads)
+    return footprint(spec.replace(attention=mha), neutral)
 
 
 def _check_options(options: Options) -> None:

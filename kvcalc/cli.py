@@ -21,10 +21,9 @@ from kvcalc.parallel import Parallel
 from kvcalc.catalog import bundled_specs, load_spec_file, resolve
 from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
-from kvcalc.explain import explain
 from kvcalc.formats import FORMATS
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
-from kvcalc.spec import MlaAttention, ModelSpec
+from kvcalc.spec import ModelSpec
 from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
 
 app = typer.Typer(
@@ -126,6 +125,8 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show one model's cache: its parts, and with --explain the formula behind each figure."""
+    from kvcalc.explain import explain
+
     spec = resolve(model)
     seq_len = parse_tokens(seq) if seq is not None else None
     parallel = Parallel(tp, pp, dcp, dp_attention)
@@ -201,15 +202,18 @@ def import_config(
 
 def spec_text(spec: ModelSpec, fmt: SpecFormat, origin: str) -> str:
     """A spec as a file that ``kvcalc`` reads back to the same spec."""
-    data = spec.model_dump(mode="json", exclude_defaults=True)
-    if isinstance(spec.attention, MlaAttention):
-        data["attention"]["q_lora_rank"] = spec.attention.q_lora_rank  # required, even when null
+    data = _without_defaults(spec.to_dict())
     if fmt is SpecFormat.JSON:
         return json.dumps(data, indent=2) + "\n"
     import yaml
 
     header = f"# kvcalc spec imported from {origin}\n"
     return header + yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+def _without_defaults(data: dict) -> dict:
+    """Top-level fields left at their defaults dropped, for a short spec file."""
+    return {k: v for k, v in data.items() if v not in (None, [], ()) and (k, v) != ("mtp_layers", 0)}
 
 
 def _fp(row: Comparison) -> Footprint:
@@ -320,7 +324,7 @@ def _show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals
         "bytes_per_token": fp.bytes_per_token,
         "mha_equivalent_bytes_per_token": mha.bytes_per_token,
         "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec.to_dict(),
         "explain": lines,
     }
     if totals:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import ModelSpec, validate_spec
+from kvcalc.spec import ModelSpec
 
 _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
@@ -298,4 +298,6 @@ def name_from_origin(origin: str) -> str:
 
 
 def _validate(fields: dict, origin: str) -> ModelSpec:
+    from kvcalc.schema import validate_spec
+
     return validate_spec({k: v for k, v in fields.items() if v is not None}, origin)

@@ -1,24 +1,22 @@
-"""Pydantic models of a model architecture, as far as its KV cache is concerned.
+"""A model architecture, as far as its KV cache is concerned.
 
-A spec is frozen and rejects unknown keys. Sizes are strict positive integers: a YAML string
-``"32"`` or a float ``32.0`` is a wrong-typed field, not something to coerce silently.
+Specs are frozen dataclasses whose constructors enforce every invariant (positive sizes, heads
+divisible by KV heads, windows exactly where layers slide), so no impossible spec exists at run time.
+Files are checked for shape and types by the pydantic schema in ``schema.py`` before they get here;
+the bundled catalog is checked by that schema in the test suite and loaded directly, which keeps
+pydantic's start-up cost off the analytic commands.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from kvcalc.errors import SpecError
-
-Count = Annotated[int, Field(strict=True, gt=0)]
-"""A strictly positive integer (layers, heads, dims, tokens)."""
-
-NonNegative = Annotated[int, Field(strict=True, ge=0)]
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 class LayerKind(StrEnum):
@@ -26,29 +24,32 @@ class LayerKind(StrEnum):
     SLIDING = "sliding"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{name}: {value!r} must be a positive integer")
 
 
-class StandardAttention(_Frozen):
+@dataclass(frozen=True, kw_only=True)
+class StandardAttention:
     """Multi-head attention with ``num_kv_heads`` shared K/V heads: MHA, GQA or MQA.
 
     Caches K (``head_dim``) and V (``v_head_dim``, default ``head_dim``) for every KV head.
     """
 
-    kind: Literal["standard"]
-    num_heads: Count
-    num_kv_heads: Count
-    head_dim: Count
-    v_head_dim: Count | None = None
+    kind: ClassVar[str] = "standard"
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int | None = None
 
-    @model_validator(mode="after")
-    def _groups_divide_heads(self) -> StandardAttention:
+    def __post_init__(self) -> None:
+        _check_positive(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                        head_dim=self.head_dim, v_head_dim=self.v_head_dim)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_kv_heads {self.num_kv_heads} does not divide num_heads {self.num_heads}"
             )
-        return self
 
     @property
     def variant(self) -> str:
@@ -61,30 +62,38 @@ class StandardAttention(_Frozen):
         return self.v_head_dim or self.head_dim
 
 
-class MlaAttention(_Frozen):
+@dataclass(frozen=True, kw_only=True)
+class MlaAttention:
     """DeepSeek Multi-head Latent Attention (DeepSeek-V2 paper, section 2.1).
 
     The latent layout caches ``kv_lora_rank`` (d_c) + ``qk_rope_head_dim`` (d_R) values per token
-    and layer, independent of the head count. ``q_lora_rank`` is null for a plain query projection.
+    and layer, independent of the head count. ``q_lora_rank`` is None for a plain query projection.
     """
 
-    kind: Literal["mla"]
-    num_heads: Count
-    q_lora_rank: Count | None
-    kv_lora_rank: Count
-    qk_nope_head_dim: Count
-    qk_rope_head_dim: Count
-    v_head_dim: Count
+    kind: ClassVar[str] = "mla"
+    num_heads: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    def __post_init__(self) -> None:
+        _check_positive(num_heads=self.num_heads, q_lora_rank=self.q_lora_rank,
+                        kv_lora_rank=self.kv_lora_rank, qk_nope_head_dim=self.qk_nope_head_dim,
+                        qk_rope_head_dim=self.qk_rope_head_dim, v_head_dim=self.v_head_dim)
 
     @property
     def variant(self) -> str:
         return "MLA"
 
 
-Attention = Annotated[StandardAttention | MlaAttention, Field(discriminator="kind")]
+Attention = StandardAttention | MlaAttention
+ATTENTION_KINDS: dict[str, type[Attention]] = {"standard": StandardAttention, "mla": MlaAttention}
 
 
-class ModelSpec(_Frozen):
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
     """One model's architecture.
 
     Layer pattern: by default every layer is full attention. ``layer_pattern`` repeats from layer 0
@@ -92,29 +101,45 @@ class ModelSpec(_Frozen):
     A sliding layer holds at most ``sliding_window`` tokens.
     """
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
-    display_name: Annotated[str, Field(min_length=1)]
+    name: str
+    display_name: str
     source: str | None = None
-    """URL of the published config the numbers were read from."""
-    num_layers: Count
-    hidden_size: Count
-    params: Count | None = None
-    """Total parameter count as published (the model card's figure)."""
-    max_position_embeddings: Count | None = None
-    mtp_layers: NonNegative = 0
+    """URL (or path) of the published config the numbers were read from."""
+    num_layers: int
+    hidden_size: int
+    params: int | None = None
+    """Total parameter count: the model card's figure, or derived from an imported config."""
+    max_position_embeddings: int | None = None
+    mtp_layers: int = 0
     """Multi-token-prediction layers (``num_nextn_predict_layers``): full-attention layers of the
     same attention kind, cached only when an engine runs MTP speculative decoding."""
     attention: Attention
-    sliding_window: Count | None = None
-    layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1)] | None = None
+    sliding_window: int | None = None
+    layer_pattern: tuple[LayerKind, ...] | None = None
     layer_types: tuple[LayerKind, ...] | None = None
-    assumptions: tuple[str, ...] = ()
-    """Defaults assumed where an imported config was silent (``kvcalc import`` fills it)."""
+    assumptions: tuple[str, ...] = field(default=())
+    """Defaults assumed where an imported config was silent."""
 
-    @model_validator(mode="after")
-    def _layers_agree(self) -> ModelSpec:
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"name: {self.name!r} must be lowercase letters, digits, '.', '_', '-'")
+        _check_positive(num_layers=self.num_layers, hidden_size=self.hidden_size,
+                        params=self.params, max_position_embeddings=self.max_position_embeddings,
+                        sliding_window=self.sliding_window)
+        if type(self.mtp_layers) is not int or self.mtp_layers < 0:
+            raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be 0 or more")
+        for key in ("layer_pattern", "layer_types"):
+            kinds = getattr(self, key)
+            if kinds is not None:
+                object.__setattr__(self, key, _layer_kinds(key, kinds))
+        object.__setattr__(self, "assumptions", tuple(self.assumptions))
+        self._check_layers()
+
+    def _check_layers(self) -> None:
         if self.layer_pattern is not None and self.layer_types is not None:
             raise ValueError("give layer_pattern or layer_types, not both")
+        if self.layer_pattern == ():
+            raise ValueError("layer_pattern: must list at least one layer kind")
         if self.layer_types is not None and len(self.layer_types) != self.num_layers:
             raise ValueError(
                 f"layer_types lists {len(self.layer_types)} layers but num_layers is "
@@ -128,7 +153,6 @@ class ModelSpec(_Frozen):
                 f"sliding_window is {self.sliding_window} but no layer is sliding "
                 "(add layer_pattern: [sliding] for every layer)"
             )
-        return self
 
     @property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
@@ -143,43 +167,34 @@ class ModelSpec(_Frozen):
         """How many layers of each kind, computed once per spec."""
         return Counter(self.layer_kinds)
 
+    def replace(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)
 
-def validate_spec(data: dict, origin: str) -> ModelSpec:
-    """A validated spec, or a ``SpecError`` naming ``origin``, the field and the value."""
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """A spec from plain data (a parsed file). Raises ValueError or TypeError naming the field."""
+        attention = dict(data["attention"])
+        kind = attention.pop("kind")
+        try:
+            built = ATTENTION_KINDS[kind](**attention)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"attention: {e}") from None
+        return cls(**{**data, "attention": built})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready data that ``from_dict`` reads back to an equal spec."""
+        data = asdict(self)
+        data["attention"] = {"kind": self.attention.kind, **data["attention"]}
+        for key in ("layer_pattern", "layer_types"):
+            if data[key] is not None:
+                data[key] = [str(k) for k in data[key]]
+        data["assumptions"] = list(self.assumptions)
+        return data
+
+
+def _layer_kinds(key: str, kinds) -> tuple[LayerKind, ...]:
     try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(f"{origin}: {_describe(e)}") from None
-
-
-def _describe(e: ValidationError) -> str:
-    """The first problem as ``field: value: message``, counting the rest."""
-    errors = e.errors()
-    first = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    field = _field_name(first["loc"])
-    kind = first["type"]
-    if kind == "missing":
-        return f"{field}: required field is missing{more}"
-    if kind == "union_tag_invalid":
-        tags = first["ctx"]["expected_tags"]
-        return f"{field}.kind: {first['ctx']['tag']!r} is not one of {tags}{more}"
-    if kind == "union_tag_not_found":
-        return f"{field}.kind: required field is missing (standard or mla){more}"
-    if kind == "extra_forbidden":
-        return f"{field}: unknown field (value {_show(first['input'])}){more}"
-    message = first["msg"].removeprefix("Value error, ")
-    if kind == "value_error":
-        return f"{field}: {message}{more}"
-    return f"{field}: {_show(first['input'])}: {message}{more}"
-
-
-def _field_name(loc: tuple) -> str:
-    """Dotted field path, without pydantic's union tags (``attention.mla.x`` -> ``attention.x``)."""
-    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "attention")]
-    return ".".join(parts) or "spec"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        return tuple(LayerKind(k) for k in kinds)
+    except ValueError:
+        bad = next(k for k in kinds if k not in LayerKind.__members__.values())
+        raise ValueError(f"{key}: {bad!r} is not 'full' or 'sliding'") from None

@@ -1,5 +1,7 @@
 """Pure formula tests: the published reference figures, then properties over random architectures."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -8,7 +10,7 @@ from kvcalc.analytic import Layout, Options, footprint, mha_equivalent
 from kvcalc.catalog import load_bundled
 from kvcalc.errors import OptionError
 from kvcalc.formats import FORMATS, PackedMlaFormat, StorageFormat
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import MlaAttention, ModelSpec, StandardAttention
 
 DEEPSEEK_V3 = load_bundled("deepseek-v3")
 
@@ -114,12 +116,7 @@ def standard_specs(draw, kv_heads=None):
         display_name="random",
         num_layers=layers,
         hidden_size=64,
-        attention={
-            "kind": "standard",
-            "num_heads": kv * groups,
-            "num_kv_heads": kv,
-            "head_dim": draw(dims),
-        },
+        attention=StandardAttention(num_heads=kv * groups, num_kv_heads=kv, head_dim=draw(dims)),
         sliding_window=window,
         layer_pattern=None if window is None else draw(st.sampled_from([["sliding"], ["sliding", "full"]])),
     )
@@ -135,16 +132,15 @@ def mla_specs(draw):
         num_layers=draw(st.integers(1, 128)),
         hidden_size=64,
         mtp_layers=draw(st.integers(0, 2)),
-        attention={
-            "kind": "mla",
-            "num_heads": heads,
-            "q_lora_rank": draw(st.none() | dims),
+        attention=MlaAttention(
+            num_heads=heads,
+            q_lora_rank=draw(st.none() | dims),
             # a compression: the latent is narrower than the per-head keys it rebuilds
-            "kv_lora_rank": draw(st.integers(1, heads * nope)),
-            "qk_nope_head_dim": nope,
-            "qk_rope_head_dim": draw(dims),
-            "v_head_dim": draw(dims),
-        },
+            kv_lora_rank=draw(st.integers(1, heads * nope)),
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=draw(dims),
+            v_head_dim=draw(dims),
+        ),
     )
 
 
@@ -180,8 +176,8 @@ def test_mqa_le_gqa_le_mha(spec, kv_dtype, seq_len):
     attn = spec.attention
 
     def with_kv_heads(n):
-        a = attn.model_copy(update={"num_kv_heads": n})
-        return footprint(spec.model_copy(update={"attention": a}), Options(seq_len, kv_dtype=kv_dtype))
+        a = replace(attn, num_kv_heads=n)
+        return footprint(spec.replace(attention=a), Options(seq_len, kv_dtype=kv_dtype))
 
     mqa, gqa, mha = with_kv_heads(1), with_kv_heads(attn.num_kv_heads), with_kv_heads(attn.num_heads)
     assert mqa.total_bytes <= gqa.total_bytes <= mha.total_bytes
@@ -204,6 +200,6 @@ def test_plain_formats_are_values_times_width(spec, kv_dtype):
 
 @given(mla_specs())
 def test_mla_latent_ignores_the_head_count(spec):
-    more_heads = spec.attention.model_copy(update={"num_heads": spec.attention.num_heads * 8})
-    wider = spec.model_copy(update={"attention": more_heads})
+    more_heads = replace(spec.attention, num_heads=spec.attention.num_heads * 8)
+    wider = spec.replace(attention=more_heads)
     assert footprint(wider, Options(1)).bytes_per_token == footprint(spec, Options(1)).bytes_per_token

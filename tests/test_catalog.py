@@ -3,8 +3,12 @@
 import pytest
 
 from kvcalc.analytic import Options, footprint
+from importlib import resources
+
 from kvcalc.catalog import bundled_names, load_bundled, parse_spec, resolve
 from kvcalc.errors import SpecError, UnknownModelError
+
+CATALOG = resources.files("kvcalc") / "model_specs"
 
 # bf16 bytes per token over all layers, worked by hand from each publisher's config.json.
 EXPECTED_BF16_BYTES_PER_TOKEN = {
@@ -51,6 +55,8 @@ def test_catalog_holds_the_required_models():
 @pytest.mark.parametrize("name", bundled_names())
 def test_bundled_spec(name):
     spec = load_bundled(name)
+    # Bundled files load without pydantic at run time; here each one must pass the schema too.
+    assert parse_spec((CATALOG / f"{name}.yaml").read_text(), f"{name}.yaml") == spec
     assert spec.name == name
     assert spec.source.startswith("https://huggingface.co/") and spec.source.endswith("config.json")
     assert spec.params > 10**9

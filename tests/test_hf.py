@@ -197,3 +197,22 @@ def test_import_json_reads_back(cli, tmp_path):
     target = tmp_path / "falcon.json"
     target.write_text(out)
     assert footprint(resolve(str(target)), Options(1)).bytes_per_token == 8192
+
+
+@pytest.mark.parametrize(
+    ("config", "bytes_per_token"),
+    [
+        # Gemma-7B: MHA, head_dim 256 (explicit; hidden_size / heads = 192)
+        ({"model_type": "gemma", "hidden_size": 3072, "head_dim": 256, "num_attention_heads": 16,
+          "num_key_value_heads": 16, "num_hidden_layers": 28}, 2 * 16 * 256 * 2 * 28),
+        # Qwen1.5-MoE-A2.7B: sliding window present but switched off
+        ({"model_type": "qwen2_moe", "hidden_size": 2048, "num_attention_heads": 16,
+          "num_key_value_heads": 16, "num_hidden_layers": 24, "sliding_window": 32768,
+          "use_sliding_window": False, "num_experts": 60, "moe_intermediate_size": 1408,
+          "shared_expert_intermediate_size": 5632}, 2 * 16 * 128 * 2 * 24),
+    ],
+)
+def test_more_families(tmp_path, config, bytes_per_token):
+    spec = load(tmp_path, config)
+    assert spec.sliding_window is None
+    assert footprint(spec, Options(1)).bytes_per_token == bytes_per_token

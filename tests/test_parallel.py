@@ -8,7 +8,7 @@ from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.catalog import bundled_names, load_bundled
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel, stages
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import ModelSpec, StandardAttention
 
 
 def fp(name, seq=131072, batch=1, **par):
@@ -76,7 +76,7 @@ def test_invalid_parallelism(model, par, message):
 def test_kv_heads_and_tp_must_divide_one_another():
     spec = ModelSpec(
         name="odd", display_name="odd", num_layers=2, hidden_size=64,
-        attention={"kind": "standard", "num_heads": 24, "num_kv_heads": 8, "head_dim": 8},
+        attention=StandardAttention(num_heads=24, num_kv_heads=8, head_dim=8),
     )
     with pytest.raises(OptionError, match="attention tp 12 and odd's 8 KV heads"):
         footprint(spec, Options(1, parallel=Parallel(tp=12)))

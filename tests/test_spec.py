@@ -1,7 +1,12 @@
-import pytest
-from pydantic import ValidationError
+"""The runtime spec (invariants) and the file schema (shapes and types)."""
 
-from kvcalc.spec import LayerKind, ModelSpec
+import dataclasses
+
+import pytest
+
+from kvcalc.errors import SpecError
+from kvcalc.schema import MlaAttentionFile, ModelSpecFile, StandardAttentionFile, validate_spec
+from kvcalc.spec import LayerKind, MlaAttention, ModelSpec, StandardAttention
 
 BASE = {
     "name": "m",
@@ -13,16 +18,14 @@ BASE = {
 
 
 def spec(**changes) -> ModelSpec:
-    return ModelSpec.model_validate(BASE | changes)
+    return validate_spec(BASE | changes, "m.yaml")
 
 
 def attention(**changes) -> dict:
     return BASE["attention"] | changes
 
 
-@pytest.mark.parametrize(
-    ("kv_heads", "variant"), [(8, "MHA"), (2, "GQA"), (1, "MQA")]
-)
+@pytest.mark.parametrize(("kv_heads", "variant"), [(8, "MHA"), (2, "GQA"), (1, "MQA")])
 def test_variant_follows_kv_heads(kv_heads, variant):
     assert spec(attention=attention(num_kv_heads=kv_heads)).attention.variant == variant
 
@@ -33,8 +36,7 @@ def test_layers_default_to_full():
 
 def test_layer_pattern_repeats_from_layer_zero():
     s = spec(num_layers=13, sliding_window=1024, layer_pattern=["sliding"] * 5 + ["full"])
-    kinds = s.layer_kinds
-    assert [i for i, k in enumerate(kinds) if k is LayerKind.FULL] == [5, 11]
+    assert [i for i, k in enumerate(s.layer_kinds) if k is LayerKind.FULL] == [5, 11]
     assert s.layer_counts[LayerKind.SLIDING] == 11
 
 
@@ -46,41 +48,68 @@ def test_layer_types_are_explicit():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"attention": attention(num_kv_heads=3)}, "num_kv_heads 3 does not divide num_heads 8"),
-        ({"num_layers": 0}, "greater than 0"),
-        ({"num_layers": "6"}, "valid integer"),
-        ({"num_layers": 6.0}, "valid integer"),
-        ({"num_layers": True}, "valid integer"),
-        ({"attention": attention(head_dim=-1)}, "greater than 0"),
-        ({"sliding_window": 0, "layer_pattern": ["sliding"]}, "greater than 0"),
-        ({"sliding_window": 4096}, "no layer is sliding"),
-        ({"layer_pattern": ["sliding"]}, "sliding_window is not set"),
+        ({"attention": attention(num_kv_heads=3)}, "m.yaml: attention: num_kv_heads 3 does not divide num_heads 8"),
+        ({"num_layers": 0}, "m.yaml: num_layers: 0: Input should be greater than 0"),
+        ({"num_layers": "6"}, "num_layers: '6': Input should be a valid integer"),
+        ({"num_layers": 6.0}, "num_layers: 6.0: Input should be a valid integer"),
+        ({"num_layers": True}, "num_layers: True: Input should be a valid integer"),
+        ({"attention": attention(head_dim=-1)}, "attention.head_dim: -1: Input should be greater than 0"),
+        ({"sliding_window": 0, "layer_pattern": ["sliding"]}, "sliding_window: 0: Input should be greater"),
+        ({"sliding_window": 4096}, "sliding_window is 4096 but no layer is sliding"),
+        ({"layer_pattern": ["sliding"]}, "6 layers are sliding but sliding_window is not set"),
         ({"layer_types": ["full"] * 5}, "layer_types lists 5 layers but num_layers is 6"),
         ({"layer_pattern": ["full"], "layer_types": ["full"] * 6}, "not both"),
-        ({"layer_pattern": ["global"]}, "'full' or 'sliding'"),
-        ({"heads": 8}, "Extra inputs are not permitted"),
-        ({"name": "Has Spaces"}, "pattern"),
+        ({"layer_pattern": ["global"]}, "layer_pattern.0: 'global': Input should be 'full' or 'sliding'"),
+        ({"layer_pattern": []}, "layer_pattern: \\[\\]: Tuple should have at least 1 item"),
+        ({"heads": 8}, "heads: unknown field \\(value 8\\)"),
+        ({"name": "Has Spaces"}, "name: 'Has Spaces': String should match pattern"),
     ],
 )
-def test_validation_rejects(changes, message):
-    with pytest.raises(ValidationError, match=message):
+def test_validation_names_field_and_value(changes, message):
+    with pytest.raises(SpecError, match=message):
         spec(**changes)
 
 
 def test_mla_needs_q_lora_rank_even_when_null():
-    mla = {
-        "kind": "mla",
-        "num_heads": 4,
-        "kv_lora_rank": 32,
-        "qk_nope_head_dim": 8,
-        "qk_rope_head_dim": 4,
-        "v_head_dim": 8,
-    }
-    with pytest.raises(ValidationError, match="q_lora_rank"):
+    mla = {"kind": "mla", "num_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 8,
+           "qk_rope_head_dim": 4, "v_head_dim": 8}
+    with pytest.raises(SpecError, match="attention.q_lora_rank: required field is missing"):
         spec(attention=mla)
     assert spec(attention=mla | {"q_lora_rank": None}).attention.variant == "MLA"
 
 
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: StandardAttention(num_heads=8, num_kv_heads=3, head_dim=8), "does not divide"),
+        (lambda: StandardAttention(num_heads=8, num_kv_heads=0, head_dim=8), "num_kv_heads: 0 must be a positive"),
+        (lambda: MlaAttention(num_heads=2, q_lora_rank=0, kv_lora_rank=8, qk_nope_head_dim=8,
+                              qk_rope_head_dim=4, v_head_dim=8), "q_lora_rank: 0"),
+        (lambda: ModelSpec.from_dict(BASE | {"mtp_layers": -1}), "mtp_layers: -1 must be 0 or more"),
+        (lambda: ModelSpec.from_dict(BASE | {"name": "X"}), "name: 'X' must be lowercase"),
+        (lambda: ModelSpec.from_dict(BASE | {"layer_pattern": ["global"]}), "'global' is not 'full' or 'sliding'"),
+    ],
+)
+def test_the_runtime_spec_enforces_its_invariants(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
 def test_spec_is_frozen():
-    with pytest.raises(ValidationError, match="frozen"):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec().num_layers = 7
+
+
+def test_to_dict_round_trips():
+    s = spec(num_layers=13, sliding_window=1024, layer_pattern=["sliding", "full"], assumptions=["x"])
+    assert ModelSpec.from_dict(s.to_dict()) == s
+    assert validate_spec(s.to_dict(), "again") == s
+
+
+@pytest.mark.parametrize(
+    ("schema", "runtime"),
+    [(ModelSpecFile, ModelSpec), (StandardAttentionFile, StandardAttention), (MlaAttentionFile, MlaAttention)],
+)
+def test_schema_and_runtime_spec_have_the_same_fields(schema, runtime):
+    fields = {f.name for f in dataclasses.fields(runtime)} | {"kind"} - ({"kind"} if runtime is ModelSpec else set())
+    assert set(schema.model_fields) == fields
