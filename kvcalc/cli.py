@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,7 @@ from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import MlaAttention, ModelSpec
 from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
 
 app = typer.Typer(
@@ -175,6 +176,129 @@ def compare_models(
     title = _compare_title(rows[0].footprint, layout)
     notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
     _emit(render(COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
+
+
+@app.command()
+def measure(
+    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    seq: Annotated[str, typer.Option("--seq", help="Comma-separated token counts.")] = "4k",
+    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    kv_dtype: Annotated[
+        str, typer.Option("--kv-dtype", help="Cache dtype: fp32, bf16, fp16, fp8, fp8_e4m3, fp8_e5m2.")
+    ] = "bf16",
+    layout: Annotated[
+        str, typer.Option("--layout", help="MLA layouts, comma-separated: latent, decompressed.")
+    ] = "latent",
+    layers: Annotated[int, typer.Option("--layers", help="Real layers built per layer kind.")] = 1,
+    decode_steps: Annotated[int, typer.Option("--decode-steps", help="Decode steps timed.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Build real layers, run prefill and decode, and show measured cache bytes beside the formula."""
+    specs = [resolve(m) for m in models]
+    layouts = [_layout(value) for value in layout.split(",")]
+    runs = [
+        MeasureRequest(spec, n, lay)
+        for spec in specs
+        for n in parse_token_list(seq)
+        for lay in (layouts if isinstance(spec.attention, MlaAttention) else layouts[:1])
+    ]
+    from kvcalc import measure as m  # torch: only here
+
+    options = [m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps) for r in runs]
+    for o in options:
+        m.check_options(o)
+    where = m.resolve_device(device)
+    rows = _with_progress(
+        [(r.spec, o) for r, o in zip(runs, options, strict=True)], lambda s, o: m.measure(s, o, where)
+    )
+    notes = [f"{r.model} at {humanize_tokens(r.seq_len)}: not measured: {r.error}" for r in rows if r.error]
+    notes += [
+        f"{r.model} at {humanize_tokens(r.seq_len)}: measured differs by {r.difference_bytes:+,} B"
+        for r in rows if r.match is False
+    ]
+    columns = MEASURE_COLUMNS + (MEASURE_CUDA_COLUMNS if where.type == "cuda" else ())
+    title = f"Measured on {where}, {kv_dtype} cache, batch {batch}; model totals scaled from the layers"
+    _emit(render(columns, rows, fmt, title=title, notes=notes), output)
+    if any(r.error or not r.match for r in rows):
+        raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    spec: ModelSpec
+    seq_len: int
+    layout: Layout
+
+
+def _layout(value: str) -> Layout:
+    try:
+        return Layout(value.strip())
+    except ValueError:
+        raise OptionError(f"--layout: {value!r} is not latent or decompressed") from None
+
+
+def _with_progress(jobs: list, run) -> list:
+    """Run jobs with a progress bar on stderr (for sweeps); results in order."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    results = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("measuring", total=len(jobs))
+        for spec, options in jobs:
+            progress.update(task, description=f"{spec.name} {humanize_tokens(options.seq_len)}")
+            results.append(run(spec, options))
+            progress.advance(task)
+    return results
+
+
+MEASURE_COLUMNS = (
+    Column("model", "Model", lambda r: r.model),
+    Column("device", "Device", lambda r: r.device, human=False),
+    Column("layout", "Layout", lambda r: r.layout),
+    Column("kv_dtype", "Dtype", lambda r: r.kv_dtype, human=False),
+    Column("seq_len", "Tokens", lambda r: r.seq_len, Kind.TOKENS),
+    Column("batch", "Batch", lambda r: r.batch, Kind.COUNT, human=False),
+    Column("layers", "Layers", lambda r: r.layers, Kind.COUNT),
+    Column("analytic_bytes", "Analytic B", lambda r: r.analytic_bytes, Kind.COUNT),
+    Column("measured_bytes", "Measured B", lambda r: r.measured_bytes, Kind.COUNT),
+    Column("match", "Match", lambda r: r.match, data=True, human=False),
+    Column("match_text", "Match", lambda r: _match_text(r), data=False),
+    Column("model_bytes", "Model (formula)", lambda r: r.model_bytes, Kind.BYTES, human=False),
+    Column("model_bytes_scaled", "Model (scaled)", lambda r: r.model_bytes_scaled, Kind.BYTES),
+    Column("prefill_s", "Prefill s", lambda r: _round(r.prefill_s, 3)),
+    Column("decode_s_per_token", "Decode ms/tok", lambda r: r.decode_s_per_token, human=False),
+    Column("decode_ms", "Decode ms/tok", lambda r: _ms(r.decode_s_per_token), data=False),
+    Column("decode_bytes_per_s", "GB/s", lambda r: r.decode_bytes_per_s, human=False),
+    Column("decode_gb_s", "GB/s", lambda r: _gb(r.decode_bytes_per_s), data=False),
+    Column("error", "", lambda r: r.error, human=False),
+)
+
+MEASURE_CUDA_COLUMNS = (
+    Column("cuda_allocated_bytes", "Alloc Δ", lambda r: r.cuda_allocated_bytes, Kind.BYTES),
+    Column("cuda_reserved_bytes", "Reserved", lambda r: r.cuda_reserved_bytes, Kind.BYTES),
+    Column("cuda_peak_prefill_bytes", "Peak prefill", lambda r: r.cuda_peak_prefill_bytes, Kind.BYTES),
+)
+
+
+def _match_text(row) -> str:
+    if row.error:
+        return "not measured"
+    return "exact" if row.match else f"off by {row.difference_bytes:+,}"
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ms(seconds: float | None) -> str | None:
+    return None if seconds is None else f"{seconds * 1000:.2f}"
+
+
+def _gb(bytes_per_s: float | None) -> str | None:
+    return None if bytes_per_s is None else f"{bytes_per_s / 1e9:.1f}"
 
 
 class SpecFormat(StrEnum):

@@ -1,0 +1,260 @@
+"""Measure real attention layers: the bytes their caches hold beside the analytic figure, and speed.
+
+For each model, ``layers`` real layers of each kind it has (full, sliding) are built with the
+model's true dimensions on the device, their caches allocated for ``seq_len`` tokens, a prefill run
+on ``seq_len - decode_steps`` tokens and ``decode_steps`` single-token decode steps after it, so the
+caches end holding exactly ``seq_len`` tokens. Measured bytes are the cache buffers' numel x
+element_size (weights, activations and position counters excluded); they must equal the analytic
+bytes of the same layers. On CUDA the allocator's view is reported beside them (KV-CACHE-FACTS
+section 7). Decode bandwidth = cache bytes read per step (the whole cache) / step time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kvcalc.analytic import Layout, Options, footprint
+from kvcalc.errors import OptionError
+from kvcalc.spec import LayerKind, MlaAttention, ModelSpec
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy
+import torch  # noqa: E402  (measurement is the one place torch is imported)
+from torch import nn  # noqa: E402
+
+from kvcalc.nn.attention import Attention  # noqa: E402
+from kvcalc.nn.mla import MLA  # noqa: E402
+
+CACHE_DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+"""Storage formats a torch tensor holds natively; block formats (q8_0 ...) are not measured."""
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    seq_len: int
+    batch: int = 1
+    kv_dtype: str = "bf16"
+    layout: Layout = Layout.LATENT
+    layers: int = 1
+    """Real layers built per layer kind."""
+    decode_steps: int = 8
+
+
+@dataclass(frozen=True)
+class Measurement:
+    model: str
+    device: str
+    layout: str
+    kv_dtype: str
+    seq_len: int
+    batch: int
+    layers: int
+    """Real layers measured, all kinds together."""
+    analytic_bytes: int
+    """The formula's bytes for exactly the layers measured."""
+    model_bytes: int
+    """The whole model's cache (every layer), from the formula."""
+    measured_bytes: int | None = None
+    model_bytes_scaled: int | None = None
+    """The whole model's cache scaled from the measured layers, per kind."""
+    prefill_s: float | None = None
+    decode_s_per_token: float | None = None
+    decode_bytes_per_s: float | None = None
+    cuda_allocated_bytes: int | None = None
+    """torch.cuda.memory_allocated() grown by allocating the caches."""
+    cuda_reserved_bytes: int | None = None
+    cuda_peak_prefill_bytes: int | None = None
+    error: str | None = None
+    """Why the row was not measured (out of memory ...)."""
+
+    @property
+    def match(self) -> bool | None:
+        return None if self.measured_bytes is None else self.measured_bytes == self.analytic_bytes
+
+    @property
+    def difference_bytes(self) -> int | None:
+        return None if self.measured_bytes is None else self.measured_bytes - self.analytic_bytes
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"--device {name}: no CUDA device is available (torch {torch.__version__})")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise OptionError(f"--device {name}: expected auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def check_options(options: MeasureOptions) -> None:
+    if options.kv_dtype not in CACHE_DTYPES:
+        raise OptionError(
+            f"--kv-dtype {options.kv_dtype}: measure stores {', '.join(CACHE_DTYPES)} (torch dtypes)"
+        )
+    for name, value in (("--layers", options.layers), ("--batch", options.batch),
+                        ("--seq", options.seq_len)):
+        if value < 1:
+            raise OptionError(f"{name}: {value} must be at least 1")
+    if options.decode_steps < 0:
+        raise OptionError(f"--decode-steps: {options.decode_steps} must be 0 or more")
+
+
+def measure(spec: ModelSpec, options: MeasureOptions, device: torch.device) -> Measurement:
+    """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row."""
+    check_options(options)
+    fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout))
+    kinds = {kind: min(options.layers, n) for kind, n in spec.layer_counts.items() if n}
+    per_layer = {p.layer_kind: 0 for p in fp.parts}
+    for p in fp.parts:
+        per_layer[p.layer_kind] += p.bytes_per_token_layer * p.cells
+    base = Measurement(
+        model=spec.name, device=str(device), layout=fp.layout, kv_dtype=fp.kv_dtype,
+        seq_len=options.seq_len, batch=options.batch, layers=sum(kinds.values()),
+        analytic_bytes=sum(per_layer[k] * n for k, n in kinds.items()), model_bytes=fp.total_bytes,
+    )
+    shortfall = _memory_shortfall(spec, options, device, base.analytic_bytes)
+    if shortfall:
+        return _replace(base, error=shortfall)
+    try:
+        return _run(spec, options, device, kinds, base)
+    except torch.cuda.OutOfMemoryError as e:
+        return _replace(base, error=f"CUDA out of memory: {str(e).splitlines()[0]}")
+    except MemoryError:
+        return _replace(base, error="out of host memory")
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement) -> Measurement:
+    compute = torch.float32 if options.kv_dtype == "fp32" else torch.bfloat16
+    cuda = device.type == "cuda"
+    layers = [(kind, build_layer(spec, kind, options.layout, device, compute))
+              for kind, n in kinds.items() for _ in range(n)]
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    caches = [layer.allocate_cache(options.batch, options.seq_len, CACHE_DTYPES[options.kv_dtype])
+              for _, layer in layers]
+    allocated = torch.cuda.memory_allocated(device) - before if cuda else None
+    measured = sum(c.nbytes for c in caches)
+    by_kind = {kind: 0 for kind in kinds}
+    for (kind, _), cache in zip(layers, caches, strict=True):
+        by_kind[kind] += cache.nbytes
+    scaled = sum(by_kind[k] // kinds[k] * spec.layer_counts[k] for k in kinds)
+    steps = min(options.decode_steps, options.seq_len - 1)
+    prefill = options.seq_len - steps
+    hidden = spec.hidden_size
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        x = torch.randn(options.batch, prefill, hidden, device=device, dtype=compute)
+        prefill_s = _timed(lambda: [layer(x) for _, layer in layers], device)
+        peak = torch.cuda.max_memory_allocated(device) if cuda else None
+        step_times = []
+        for pos in range(prefill, options.seq_len):
+            xt = torch.randn(options.batch, 1, hidden, device=device, dtype=compute)
+            step_times.append(_timed(lambda: [layer(xt, start_pos=pos) for _, layer in layers], device))
+    step = statistics.median(step_times) if step_times else None
+    return _replace(
+        base, measured_bytes=measured, model_bytes_scaled=scaled, prefill_s=prefill_s,
+        decode_s_per_token=step, decode_bytes_per_s=measured / step if step else None,
+        cuda_allocated_bytes=allocated, cuda_peak_prefill_bytes=peak,
+        cuda_reserved_bytes=torch.cuda.memory_reserved(device) if cuda else None,
+    )
+
+
+def build_layer(spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype) -> nn.Module:
+    """One attention layer with the model's dimensions, weights made without a slow init.
+
+    Built on the meta device (no memory, no init), moved to ``device`` uninitialised, then filled:
+    uniform(±1/sqrt(fan_in)) for projections, ones for norms -- one cheap pass over the weights.
+    """
+    attn = spec.attention
+    with torch.device("meta"):
+        if isinstance(attn, MlaAttention):
+            layer = MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
+                        attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
+                        layout=str(layout), dtype=dtype)
+        else:
+            window = spec.sliding_window if kind is LayerKind.SLIDING else None
+            layer = Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                              attn.v_head_dim, window=window, dtype=dtype)
+    layer = layer.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if param.dim() == 1:
+                param.fill_(1.0)
+            else:
+                bound = param.shape[1] ** -0.5
+                param.uniform_(-bound, bound)
+    return layer.eval()
+
+
+def _timed(work: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _memory_shortfall(spec, options: MeasureOptions, device, cache_bytes: int) -> str | None:
+    """A reason not to start, when the host clearly lacks the memory (CUDA reports its own OOM)."""
+    if device.type != "cpu":
+        return None
+    weights = _weight_count(spec) * 2 * options.layers * max(1, len(spec.layer_counts))
+    width = max(spec.hidden_size, spec.attention.num_heads * 320)
+    activations = 8 * options.batch * options.seq_len * width * 4
+    needed = cache_bytes + weights + activations
+    available = _available_host_bytes()
+    if available is not None and needed > available:
+        gib = 1 << 30
+        return f"needs about {needed / gib:.1f} GiB of host memory; {available / gib:.1f} GiB available"
+    return None
+
+
+def _weight_count(spec: ModelSpec) -> int:
+    attn, h = spec.attention, spec.hidden_size
+    if isinstance(attn, MlaAttention):
+        qk = attn.qk_nope_head_dim + attn.qk_rope_head_dim
+        q = h * attn.num_heads * qk if attn.q_lora_rank is None else attn.q_lora_rank * (h + attn.num_heads * qk)
+        kv = h * (attn.kv_lora_rank + attn.qk_rope_head_dim)
+        kv += attn.kv_lora_rank * attn.num_heads * (attn.qk_nope_head_dim + attn.v_head_dim)
+        return q + kv + attn.num_heads * attn.v_head_dim * h
+    return h * (attn.num_heads * attn.head_dim * 2 + attn.num_kv_heads * (attn.head_dim + attn.value_dim))
+
+
+def _available_host_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _replace(m: Measurement, **changes) -> Measurement:
+    return Measurement(**{**m.__dict__, **changes})
+
+
+def sweep(
+    specs: list[ModelSpec], options: list[MeasureOptions], device: torch.device
+) -> Iterator[Measurement]:
+    """Every (model, options) row, in order."""
+    for spec in specs:
+        for opts in options:
+            yield measure(spec, opts, device)

@@ -1,0 +1,74 @@
+"""Standard attention: MHA, GQA and MQA with a KV cache (parameter names as Llama's)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kvcalc.nn.cache import TokenCache, attend, positions_of
+from kvcalc.nn.rope import apply_rope, rope_angles
+
+
+class Attention(nn.Module):
+    """``num_heads`` query heads sharing ``num_kv_heads`` K/V heads; RoPE on q and k.
+
+    ``window`` makes it a sliding-window layer: each query sees the last ``window`` tokens
+    (itself included) and the cache is a ring of that many slots.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        v_head_dim: int | None = None,
+        *,
+        window: int | None = None,
+        rope_theta: float = 10000.0,
+        rope_interleaved: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads {num_kv_heads} does not divide num_heads {num_heads}")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim, self.v_head_dim = head_dim, v_head_dim or head_dim
+        self.window, self.rope_theta, self.rope_interleaved = window, rope_theta, rope_interleaved
+        kw = {"bias": False, "device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, **kw)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, **kw)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.v_head_dim, **kw)
+        self.o_proj = nn.Linear(num_heads * self.v_head_dim, hidden_size, **kw)
+        self.cache: TokenCache | None = None
+
+    def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
+        """K (B, n_kv, T, d_k) and V (B, n_kv, T, d_v); T = window for a sliding layer."""
+        capacity = min(max_tokens, self.window) if self.window else max_tokens
+        widths = {"k": (self.num_kv_heads, self.head_dim), "v": (self.num_kv_heads, self.v_head_dim)}
+        self.cache = TokenCache(widths, batch=batch, capacity=capacity, dtype=dtype,
+                                device=self.q_proj.weight.device, ring=self.window is not None)
+        return self.cache
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """x (B, S, hidden) at positions start_pos .. start_pos + S - 1 -> (B, S, hidden)."""
+        b, s, _ = x.shape
+        positions = positions_of(self.cache, start_pos, s, x.device)
+        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.v_head_dim)
+        q = apply_rope(q, cos, sin, interleaved=self.rope_interleaved)
+        k = apply_rope(k, cos, sin, interleaved=self.rope_interleaved)
+        if self.cache is not None:
+            if self.window and start_pos > 0 and s > 1:
+                raise ValueError("a sliding-window cache takes one token at a time after prefill")
+            self.cache.write(start_pos, k=k, v=v)
+        if start_pos == 0:  # prefill: the tokens at hand are all the keys
+            k_pos, k, v = positions, k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, d)
+        else:  # decode: attend over what the cache holds, (B, n_kv, T, d)
+            held, k_pos = self.cache.read(x.dtype)
+            k, v = held["k"], held["v"]
+        out = attend(q, k, v, positions, k_pos, window=self.window)  # (B, S, H, d_v)
+        return self.o_proj(out.reshape(b, s, self.num_heads * self.v_head_dim))

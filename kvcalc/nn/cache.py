@@ -1,0 +1,164 @@
+"""A KV cache as a small module: one preallocated, non-persistent buffer per cached tensor.
+
+The same module serves every layout -- K and V per head, the MLA latent and rope key -- so the
+layer and the measurement both know exactly which tensors are cache. A sliding-window layer's cache
+is a ring of ``window`` slots: position p lives in slot p % window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TokenCache(nn.Module):
+    """Buffers for ``capacity`` tokens, written by absolute token position.
+
+    A width of (heads, dim) is stored head-major, (B, heads, capacity, dim), so that each head's keys
+    are one contiguous matrix for the decode matmul; a width of (dim,) is stored (B, capacity, dim).
+    """
+
+    def __init__(
+        self,
+        widths: dict[str, tuple[int, ...]],
+        *,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        ring: bool = False,
+    ) -> None:
+        super().__init__()
+        self.names = tuple(widths)
+        self.per_head = {name: len(width) == 2 for name, width in widths.items()}
+        self.capacity = capacity
+        self.ring = ring
+        for name, width in widths.items():
+            shape = (batch, width[0], capacity, width[1]) if len(width) == 2 else (batch, capacity, *width)
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.length = 0
+        """Tokens written so far (positions 0 .. length - 1)."""
+
+    def write(self, start_pos: int, **tensors: torch.Tensor) -> None:
+        """Store tensors (B, S, *width) for positions start_pos .. start_pos + S - 1."""
+        seq = next(iter(tensors.values())).shape[1]
+        first = max(start_pos, start_pos + seq - self.capacity) if self.ring else start_pos
+        if not self.ring and start_pos + seq > self.capacity:
+            raise ValueError(f"cache holds {self.capacity} tokens; writing up to {start_pos + seq}")
+        positions = torch.arange(first, start_pos + seq, device=self.slot_device)
+        slots = positions % self.capacity if self.ring else positions
+        for name, value in tensors.items():
+            buffer, value = getattr(self, name), value[:, first - start_pos :]
+            if self.per_head[name]:
+                buffer[:, :, slots] = value.transpose(1, 2).to(buffer.dtype)
+            else:
+                buffer[:, slots] = value.to(buffer.dtype)
+        self.length = max(self.length, start_pos + seq)
+
+    def read(self, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every held token's tensors in ``dtype`` -- (B, H, T, D) per head, (B, T, D) shared --
+        and their absolute positions (T,)."""
+        held = min(self.length, self.capacity)
+        slots = torch.arange(held, device=self.slot_device)
+        positions = slots
+        if self.ring and self.length > self.capacity:
+            oldest = self.length - self.capacity
+            positions = oldest + (slots - oldest % self.capacity) % self.capacity
+        tensors = {}
+        for name in self.names:
+            buffer = getattr(self, name)
+            view = buffer[:, :, :held] if self.per_head[name] else buffer[:, :held]
+            tensors[name] = view.to(dtype)
+        return tensors, positions
+
+    def fill(self, tokens: int) -> None:
+        """Mark ``tokens`` positions as written, with random contents (for decode benchmarks)."""
+        held = min(tokens, self.capacity)
+        for name in self.names:
+            buffer = getattr(self, name)
+            view = buffer[:, :, :held] if self.per_head[name] else buffer[:, :held]
+            view.copy_(torch.randn(view.shape, device=view.device))
+        self.length = tokens
+
+    @property
+    def slot_device(self) -> torch.device:
+        return getattr(self, self.names[0]).device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds: numel x element_size of every buffer."""
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self.names)
+
+
+def positions_of(cache: TokenCache | None, start_pos: int, seq: int, device) -> torch.Tensor:
+    """Absolute positions of a step's tokens; decoding (start_pos > 0) needs a cache to read."""
+    if start_pos and cache is None:
+        raise ValueError(f"start_pos {start_pos}: decoding needs allocate_cache() first")
+    return torch.arange(start_pos, start_pos + seq, device=device)
+
+
+def attention_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """(S, T) boolean: key t is visible to query s (causal; within ``window`` tokens, self included)."""
+    delta = q_pos[:, None] - k_pos[None, :]
+    visible = delta >= 0
+    if window is not None:
+        visible &= delta < window
+    return visible
+
+
+SCORE_BUDGET = 1 << 26
+"""Attention scores computed at once (elements): bounds prefill memory at long contexts."""
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Masked attention, q (B, S, H, D), k (B, Hk, T, D), v (B, Hk, T, Dv) -> (B, S, H, Dv).
+
+    Query head h reads KV head h // (H / Hk), as ``repeat_interleave`` would pair them. When the
+    queries are the keys (a prefill) and no window cuts in, it is one causal flash call. Otherwise
+    (decode, windows) each KV head's group of query heads is folded into rows of one matmul -- as
+    FlashMLA folds heads -- so K and V are read once, never expanded or upcast; query blocks keep at
+    most ``SCORE_BUDGET`` scores alive; the softmax runs in fp32.
+    """
+    if q_pos is k_pos and (window is None or window >= q.shape[1]):
+        return _causal(q, k, v, scale)
+    b, s, h, d = q.shape
+    hk = k.shape[1]
+    group = h // hk
+    scale = d**-0.5 if scale is None else scale
+    keys = k.transpose(-1, -2)  # (B, Hk, D, T): a column-major view, no copy
+    block = max(1, SCORE_BUDGET // max(1, b * h * k.shape[2]))
+    outs = []
+    for start in range(0, s, block):
+        qb = q[:, start : start + block]
+        sb = qb.shape[1]
+        rows = qb.reshape(b, sb, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * sb, d)
+        scores = torch.matmul(rows, keys).float() * scale  # (B, Hk, group * sb, T)
+        visible = attention_mask(q_pos[start : start + sb], k_pos, window).repeat(group, 1)
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(v.dtype)
+        out = torch.matmul(probs, v)  # (B, Hk, group * sb, Dv)
+        outs.append(out.reshape(b, hk, group, sb, -1).permute(0, 3, 1, 2, 4).reshape(b, sb, h, -1))
+    return torch.cat(outs, dim=1)
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Prefill: queries and keys are the same tokens, so a plain causal mask; the flash kernel
+    wants V as wide as K, so V is zero-padded (as vLLM does for MLA prefill) and cut back after."""
+    dv, dk = v.shape[-1], k.shape[-1]
+    if dv < dk:
+        v = F.pad(v, (0, dk - dv))
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, is_causal=True, scale=scale, enable_gqa=True
+    )
+    return out.transpose(1, 2)[..., :dv]

@@ -1,0 +1,138 @@
+"""Multi-head Latent Attention (DeepSeek-V2 paper, section 2.1; DeepSeek-V3 inference/model.py).
+
+The hidden state is down-projected to a latent c = kv_a_layernorm(W_DKV h) of kv_lora_rank values
+and a decoupled rope key k_R = RoPE(W_KR h) of qk_rope_head_dim values shared by all heads
+(together: ``kv_a_proj_with_mqa``). Per-head keys and values are rebuilt by ``kv_b_proj``.
+
+Two cache layouts, chosen explicitly:
+- ``decompressed``: cache per-head K (nope + rope) and V, as the reference's ``attn_impl="naive"``;
+- ``latent`` (absorbed): cache c and k_R; decode folds kv_b_proj's key half into the query and its
+  value half into the output, as ``attn_impl="absorb"``, vLLM and FlashMLA. Same output, far less
+  cache. Prefill (start_pos 0) runs per-head attention over the tokens at hand in both layouts, as
+  vLLM and SGLang do: it is compute-bound there, and the absorbed form would cost more FLOPs.
+
+Parameter names and shapes follow transformers' ``DeepseekV3Attention``, so its state dict loads
+with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kvcalc.nn.cache import TokenCache, attend, positions_of
+from kvcalc.nn.rope import apply_rope, rope_angles, softmax_scale
+
+
+class MLA(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        q_lora_rank: int | None,
+        kv_lora_rank: int,
+        qk_nope_head_dim: int,
+        qk_rope_head_dim: int,
+        v_head_dim: int,
+        *,
+        layout: str = "latent",
+        rope_theta: float = 10000.0,
+        rope_interleaved: bool = True,
+        yarn_factor: float = 1.0,
+        mscale: float = 1.0,
+        eps: float = 1e-6,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if layout not in ("latent", "decompressed"):
+            raise ValueError(f"layout {layout!r}: expected 'latent' or 'decompressed'")
+        self.layout = layout
+        self.num_heads, self.q_lora_rank, self.kv_lora_rank = num_heads, q_lora_rank, kv_lora_rank
+        self.nope, self.rope, self.v_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+        self.qk_dim = qk_nope_head_dim + qk_rope_head_dim
+        self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
+        self.scale = softmax_scale(self.qk_dim, yarn_factor=yarn_factor, mscale=mscale)
+        kw = {"bias": False, "device": device, "dtype": dtype}
+        if q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden_size, num_heads * self.qk_dim, **kw)
+        else:
+            self.q_a_proj = nn.Linear(hidden_size, q_lora_rank, **kw)
+            self.q_a_layernorm = nn.RMSNorm(q_lora_rank, eps=eps, device=device, dtype=dtype)
+            self.q_b_proj = nn.Linear(q_lora_rank, num_heads * self.qk_dim, **kw)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden_size, kv_lora_rank + qk_rope_head_dim, **kw)
+        self.kv_a_layernorm = nn.RMSNorm(kv_lora_rank, eps=eps, device=device, dtype=dtype)
+        self.kv_b_proj = nn.Linear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), **kw)
+        self.o_proj = nn.Linear(num_heads * v_head_dim, hidden_size, **kw)
+        self.cache: TokenCache | None = None
+
+    def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
+        if self.layout == "latent":  # latent and rope key side by side in one row, as vLLM/FlashMLA
+            widths = {"latent_rope": (self.kv_lora_rank + self.rope,)}  # (B, T, d_c + d_R)
+        else:  # (B, H, T, nope + rope) and (B, H, T, v)
+            widths = {"k": (self.num_heads, self.qk_dim), "v": (self.num_heads, self.v_dim)}
+        self.cache = TokenCache(widths, batch=batch, capacity=max_tokens, dtype=dtype,
+                                device=self.kv_b_proj.weight.device)
+        return self.cache
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """x (B, S, hidden) at positions start_pos .. start_pos + S - 1 -> (B, S, hidden)."""
+        b, s, _ = x.shape
+        positions = positions_of(self.cache, start_pos, s, x.device)
+        cos, sin = rope_angles(positions, self.rope, self.rope_theta)
+        q = self._query(x).view(b, s, self.num_heads, self.qk_dim)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin, interleaved=self.rope_interleaved)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
+        latent = self.kv_a_layernorm(latent)  # (B, S, d_c)
+        k_pe = apply_rope(k_pe[:, :, None, :], cos, sin, interleaved=self.rope_interleaved)  # (B, S, 1, d_R)
+        if self.cache is not None:
+            self._remember(start_pos, latent, k_pe)
+        if start_pos == 0:  # prefill: per-head K and V of the tokens at hand (vLLM, SGLang)
+            out = self._multi_head(q_nope, q_pe, latent, k_pe, positions, positions)
+        elif self.layout == "latent":
+            out = self._absorbed(q_nope, q_pe, positions)
+        else:
+            held, k_pos = self.cache.read(x.dtype)  # (B, H, T, nope + rope), (B, H, T, v)
+            q = torch.cat([q_nope, q_pe], dim=-1)
+            out = attend(q, held["k"], held["v"], positions, k_pos, scale=self.scale)
+        return self.o_proj(out.reshape(b, s, self.num_heads * self.v_dim))
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q_lora_rank is None:
+            return self.q_proj(x)
+        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+
+    def _up_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj's weight split per head: W_UK (H, nope, d_c) and W_UV (H, v, d_c)."""
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        return w[:, : self.nope], w[:, self.nope :]
+
+    def _per_head(self, latent: torch.Tensor, k_pe: torch.Tensor):
+        """K (B, S, H, nope + rope) and V (B, S, H, v) rebuilt from the latent by kv_b_proj."""
+        b, s = latent.shape[:2]
+        kv = self.kv_b_proj(latent).view(b, s, self.num_heads, self.nope + self.v_dim)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        return torch.cat([k_nope, k_pe.expand(-1, -1, self.num_heads, -1)], dim=-1), v
+
+    def _remember(self, start_pos: int, latent: torch.Tensor, k_pe: torch.Tensor) -> None:
+        if self.layout == "latent":
+            self.cache.write(start_pos, latent_rope=torch.cat([latent, k_pe[:, :, 0]], dim=-1))
+        else:
+            k, v = self._per_head(latent, k_pe)
+            self.cache.write(start_pos, k=k, v=v)
+
+    def _multi_head(self, q_nope, q_pe, latent, k_pe, q_pos, k_pos) -> torch.Tensor:
+        k, v = self._per_head(latent, k_pe)
+        q = torch.cat([q_nope, q_pe], dim=-1)  # (B, S, H, nope + rope)
+        return attend(q, k.transpose(1, 2), v.transpose(1, 2), q_pos, k_pos, scale=self.scale)
+
+    def _absorbed(self, q_nope, q_pe, positions) -> torch.Tensor:
+        """Decode over the cached latent: W_UK folded into the query, W_UV into the output."""
+        held, k_pos = self.cache.read(q_nope.dtype)
+        k = held["latent_rope"][:, None]  # one shared "KV head": (B, 1, T, d_c + d_R)
+        w_uk, w_uv = self._up_projection()
+        q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # (B, S, H, d_c)
+        q = torch.cat([q_latent, q_pe], dim=-1)  # (B, S, H, d_c + d_R)
+        out_latent = attend(q, k, k[..., : self.kv_lora_rank], positions, k_pos, scale=self.scale)
+        return torch.einsum("bshc,hvc->bshv", out_latent, w_uv)  # (B, S, H, v)

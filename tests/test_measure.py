@@ -1,0 +1,99 @@
+"""kvcalc measure: real layers hold exactly the bytes the formula gives, for every bundled model."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kvcalc.analytic import Layout  # noqa: E402
+from kvcalc.catalog import bundled_names, load_bundled  # noqa: E402
+from kvcalc.errors import OptionError  # noqa: E402
+from kvcalc.measure import MeasureOptions, measure, resolve_device  # noqa: E402
+
+CPU = torch.device("cpu")
+LAYOUTS = {n: [Layout.LATENT, Layout.DECOMPRESSED] if load_bundled(n).attention.kind == "mla"
+           else [Layout.LATENT] for n in bundled_names()}
+
+
+@pytest.mark.parametrize(("name", "layout"), [(n, lay) for n, ls in LAYOUTS.items() for lay in ls])
+def test_measured_equals_analytic_for_every_bundled_model(name, layout):
+    # The models' true dimensions; a short context keeps CI fast (bench/ has the long ones).
+    row = measure(load_bundled(name), MeasureOptions(seq_len=40, batch=2, layout=layout, decode_steps=3), CPU)
+    assert row.error is None
+    assert row.measured_bytes == row.analytic_bytes and row.match
+    assert row.model_bytes_scaled == row.model_bytes
+    assert row.prefill_s > 0 and row.decode_s_per_token > 0
+
+
+def test_sliding_layers_hold_only_their_window():
+    row = measure(load_bundled("gpt-oss-120b"), MeasureOptions(seq_len=300, decode_steps=2), CPU)
+    full, sliding = 2 * 8 * 64 * 2 * 300, 2 * 8 * 64 * 2 * 128  # one layer of each kind
+    assert row.layers == 2 and row.measured_bytes == full + sliding == row.analytic_bytes
+
+
+@pytest.mark.parametrize(("kv_dtype", "width"), [("fp32", 4), ("fp16", 2), ("fp8", 1), ("fp8_e5m2", 1)])
+def test_cache_dtypes(kv_dtype, width):
+    row = measure(load_bundled("llama-3.1-8b"), MeasureOptions(seq_len=16, kv_dtype=kv_dtype, decode_steps=2), CPU)
+    assert row.measured_bytes == 2 * 8 * 128 * width * 16 == row.analytic_bytes
+
+
+def test_several_layers_are_scaled_to_the_model():
+    row = measure(load_bundled("deepseek-v2-lite"), MeasureOptions(seq_len=16, layers=3, decode_steps=1), CPU)
+    assert (row.layers, row.measured_bytes) == (3, 3 * 576 * 2 * 16)
+    assert row.model_bytes_scaled == 27 * 576 * 2 * 16
+
+
+def test_a_row_that_does_not_fit_is_reported(monkeypatch):
+    import kvcalc.measure as m
+
+    monkeypatch.setattr(m, "_available_host_bytes", lambda: 1 << 20)
+    row = measure(load_bundled("llama-3.1-8b"), MeasureOptions(seq_len=4096), CPU)
+    assert row.measured_bytes is None and row.match is None
+    assert row.error.startswith("needs about") and "GiB of host memory" in row.error
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(MeasureOptions(16, kv_dtype="q8_0"), "measure stores fp32, bf16"),
+     (MeasureOptions(16, layers=0), "--layers: 0"), (MeasureOptions(16, decode_steps=-1), "--decode-steps")],
+)
+def test_invalid_options(options, message):
+    with pytest.raises(OptionError, match=message):
+        measure(load_bundled("llama-3.1-8b"), options, CPU)
+
+
+def test_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="--device cuda: no CUDA device is available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_cli_json_rows(cli):
+    status, out, _ = cli("measure", "deepseek-v2-lite", "--seq", "32", "--layout", "latent,decompressed",
+                         "--decode-steps", "2", "--device", "cpu", "-f", "json")
+    assert status == 0
+    rows = json.loads(out)
+    assert [(r["layout"], r["match"]) for r in rows] == [("latent", True), ("decompressed", True)]
+    assert set(rows[0]) >= {"model", "device", "layout", "kv_dtype", "seq_len", "batch", "layers",
+                            "analytic_bytes", "measured_bytes", "match", "prefill_s",
+                            "decode_s_per_token", "decode_bytes_per_s"}
+    assert rows[1]["measured_bytes"] == 16 * (192 + 128) * 2 * 32
+
+
+def test_cli_exit_1_when_a_row_is_not_measured(cli, monkeypatch):
+    import kvcalc.measure as m
+
+    monkeypatch.setattr(m, "_available_host_bytes", lambda: 1 << 20)
+    status, out, _ = cli("measure", "llama-3.1-8b", "--seq", "4k", "--device", "cpu")
+    assert status == 1
+    assert "not measured: needs about" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_allocator_view():
+    row = measure(load_bundled("deepseek-v3"), MeasureOptions(seq_len=1024), torch.device("cuda"))
+    assert row.match
+    assert row.cuda_allocated_bytes >= row.measured_bytes  # the caching allocator rounds up
+    assert row.cuda_peak_prefill_bytes >= row.cuda_allocated_bytes
