@@ -78,7 +78,10 @@ class TokenCache(nn.Module):
         for name in self.names:
             buffer = getattr(self, name)
             view = buffer[:, :, :held] if self.per_head[name] else buffer[:, :held]
-            view.copy_(torch.randn(view.shape, device=view.device))
+            if view.dtype.is_floating_point and view.element_size() >= 2:
+                view.normal_()  # in place: no full-size temporary
+            else:
+                view.copy_(torch.randn(view.shape, device=view.device))
         self.length = tokens
 
     @property
@@ -136,6 +139,10 @@ def attend(
     b, s, h, d = q.shape
     hk = k.shape[1]
     group = h // hk
+    if k.shape[-1] == v.shape[-1] and _all_visible(q_pos, k_pos, window):
+        rows = q.reshape(b, s, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * s, d)
+        out = F.scaled_dot_product_attention(rows, k, v, scale=scale)  # no mask: the flash kernel
+        return out.reshape(b, hk, group, s, -1).permute(0, 3, 1, 2, 4).reshape(b, s, h, -1)
     scale = d**-0.5 if scale is None else scale
     keys = k.transpose(-1, -2)  # (B, Hk, D, T): a column-major view, no copy
     block = max(1, SCORE_BUDGET // max(1, b * h * k.shape[2]))
@@ -150,6 +157,12 @@ def attend(
         out = torch.matmul(probs, v)  # (B, Hk, group * sb, Dv)
         outs.append(out.reshape(b, hk, group, sb, -1).permute(0, 3, 1, 2, 4).reshape(b, sb, h, -1))
     return torch.cat(outs, dim=1)
+
+
+def _all_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> bool:
+    """Every key visible to every query: the usual decode step over a cache (or a full ring)."""
+    newest_key, oldest_query = int(k_pos.max()), int(q_pos.min())
+    return newest_key <= oldest_query and (window is None or int(q_pos.max() - k_pos.min()) < window)
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:

@@ -134,5 +134,6 @@ class MLA(nn.Module):
         w_uk, w_uv = self._up_projection()
         q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # (B, S, H, d_c)
         q = torch.cat([q_latent, q_pe], dim=-1)  # (B, S, H, d_c + d_R)
-        out_latent = attend(q, k, k[..., : self.kv_lora_rank], positions, k_pos, scale=self.scale)
+        # V is the latent, a prefix of K: attend with V = K and cut the output (no copy).
+        out_latent = attend(q, k, k, positions, k_pos, scale=self.scale)[..., : self.kv_lora_rank]
         return torch.einsum("bshc,hvc->bshv", out_latent, w_uv)  # (B, S, H, v)

@@ -1,0 +1,92 @@
+"""Decode step time against context length: one DeepSeek-V3 layer (latent and decompressed MLA)
+and one Llama-3.1-70B layer. Run by hand; results go in the README and bench/results/.
+
+For each context T the cache is allocated for T + 1 tokens and filled with T random tokens (no
+T-token prefill: decode is what is timed), then single-token decode steps at position T are timed
+(median). The same step over a 1-token cache gives the part that does not depend on the context
+(projections: the layer's weights); "attention" is the difference, the part that reads the cache.
+
+    python bench/decode.py [--device auto|cpu|cuda] [--batch 1] [--contexts 1k,2k,...,64k]
+
+Targets (issue 4): on CPU at 16k tokens, absorbed (latent) decode >= 10x faster than decompressed;
+on a GPU at batch >= 32, absorbed decode >= 50% of the card's peak memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from kvcalc.measure import build_layer, resolve_device  # first: it quiets torch's numpy warning
+
+import torch  # noqa: E402
+
+from kvcalc.analytic import Layout  # noqa: E402
+from kvcalc.catalog import load_bundled  # noqa: E402
+from kvcalc.spec import LayerKind  # noqa: E402
+from kvcalc.units import humanize_bytes, parse_token_list  # noqa: E402
+
+CASES = [("deepseek-v3", Layout.LATENT), ("deepseek-v3", Layout.DECOMPRESSED), ("llama-3.1-70b", Layout.LATENT)]
+
+
+def step_time(layer, batch: int, tokens: int, steps: int, device) -> tuple[float, int]:
+    """Median seconds of a decode step over a cache holding ``tokens`` tokens, and its bytes."""
+    cache = layer.allocate_cache(batch, tokens + 1, torch.bfloat16)
+    cache.fill(tokens)
+    x = torch.randn(batch, 1, layer.o_proj.out_features, device=device, dtype=torch.bfloat16)
+    times = []
+    with torch.inference_mode():
+        for i in range(steps + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            layer(x, start_pos=tokens)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:  # two warm-up steps
+                times.append(time.perf_counter() - start)
+    nbytes = cache.nbytes
+    layer.cache = None
+    return statistics.median(times), nbytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--contexts", default="1k,2k,4k,8k,16k,32k,64k")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    contexts = parse_token_list(args.contexts)
+    print(f"device {device}, batch {args.batch}, bf16, median of {args.steps} steps")
+    print(f"{'layer':<28}{'tokens':>8}{'cache':>11}{'step ms':>10}{'attn ms':>10}"
+          f"{'GB/s step':>11}{'GB/s attn':>11}")
+    results = {}
+    for name, layout in CASES:
+        spec = load_bundled(name)
+        layer = build_layer(spec, LayerKind.FULL, layout, device, torch.bfloat16)
+        label = f"{name} {layout if spec.attention.kind == 'mla' else 'kv'}"
+        base, _ = step_time(layer, args.batch, 1, args.steps, device)
+        for tokens in contexts:
+            try:
+                step, nbytes = step_time(layer, args.batch, tokens, args.steps, device)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                print(f"{label:<28}{tokens:>8}  skipped: {str(e).splitlines()[0][:60]}")
+                continue
+            attn = max(step - base, 1e-9)
+            results[(label, tokens)] = (step, attn)
+            print(f"{label:<28}{tokens:>8}{humanize_bytes(nbytes):>11}{step * 1e3:>10.2f}"
+                  f"{attn * 1e3:>10.2f}{nbytes / step / 1e9:>11.2f}{nbytes / attn / 1e9:>11.2f}")
+        del layer
+    for tokens in contexts:
+        latent = results.get(("deepseek-v3 latent", tokens))
+        naive = results.get(("deepseek-v3 decompressed", tokens))
+        if latent and naive:
+            print(f"{tokens:>6} tokens: absorbed decode {naive[0] / latent[0]:.1f}x faster per step, "
+                  f"{naive[1] / latent[1]:.1f}x in attention")
+
+
+if __name__ == "__main__":
+    main()
