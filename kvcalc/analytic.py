@@ -8,13 +8,15 @@ Elements cached per token per layer (KV-CACHE-FACTS section 1):
 
 Layers are grouped by kind (full, sliding), so a footprint costs the same for 4 layers or 400.
 An engine profile (``engines.py``) decides the MLA layout, the pages and the sliding-window rule;
-a ``Parallel`` (``parallel.py``) decides what one GPU holds. Both the whole cache and one GPU's
-share come from the same function, ``_parts``.
+a ``Parallel`` (``parallel.py``) decides what one GPU holds. A ``Curve`` holds everything but the
+length -- rows per layer kind, for the whole cache and for each GPU stage -- and every figure, a
+footprint's named parts included, is read from it.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -140,9 +142,95 @@ def compare(spec: ModelSpec, options: Options) -> Comparison:
     return Comparison(footprint(spec, options), mha_equivalent(spec, options))
 
 
+@dataclass(frozen=True)
+class Row:
+    """One cached tensor's row: its width and bytes per token in one layer."""
+
+    name: str
+    factors: tuple[Factor, ...]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """The layers of one kind (on one GPU), each caching the same rows."""
+
+    kind: LayerKind
+    layers: int
+    rows: tuple[Row, ...]
+
+    @property
+    def bytes_per_token(self) -> int:
+        return sum(r.bytes for r in self.rows) * self.layers
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Everything about a cache except its length: bytes as a function of (seq_len, batch).
+
+    Built once per model and options, evaluated in constant time -- the fit solver and the plots
+    evaluate it many times. ``stages`` holds what one GPU caches on each pipeline stage.
+    """
+
+    engine: Engine
+    window: int | None
+    parallel: Parallel
+    whole: tuple[Group, ...]
+    stages: tuple[tuple[Group, ...], ...]
+
+    def total_bytes(self, seq_len: int, batch: int = 1) -> int:
+        """The whole cache: every layer, every head, every sequence, one copy."""
+        return _bytes(self.whole, self.engine, seq_len, batch, self.window)
+
+    def per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
+        """What the fullest GPU holds."""
+        tokens, seqs = self._per_rank(seq_len, batch)
+        return max(_bytes(stage, self.engine, tokens, seqs, self.window) for stage in self.stages)
+
+    def _per_rank(self, seq_len: int, batch: int) -> tuple[int, int]:
+        return ceil_div(seq_len, self.parallel.dcp), ceil_div(batch, self.parallel.dp_attention)
+
+    def parts(self, seq_len: int, batch: int, *, per_gpu: bool) -> tuple[Part, ...]:
+        """The named parts at one length: the whole cache, or the fullest GPU's share."""
+        if not per_gpu:
+            return _materialise(self.whole, self.engine, seq_len, batch, self.window)
+        tokens, seqs = self._per_rank(seq_len, batch)
+        stage = max(self.stages, key=lambda g: _bytes(g, self.engine, tokens, seqs, self.window))
+        return _materialise(stage, self.engine, tokens, seqs, self.window)
+
+
+def curve(spec: ModelSpec, options: Options) -> Curve:
+    """The cache of ``spec`` under ``options``, for any length (``options.seq_len`` unused)."""
+    return _prepared(spec, options)[0]
+
+
 def footprint(spec: ModelSpec, options: Options) -> Footprint:
     """The exact KV-cache footprint of ``spec`` under ``options``."""
     _check_options(options)
+    c, cache, fmt, mtp = _prepared(spec, options)
+    par = options.parallel
+    whole = c.parts(options.seq_len, options.batch, per_gpu=False)
+    gpu = whole if par.is_single_gpu else c.parts(options.seq_len, options.batch, per_gpu=True)
+    return Footprint(
+        model=spec.name,
+        display_name=spec.display_name,
+        attention=spec.attention.variant,
+        layout=str(cache) if cache else STANDARD_LAYOUT,
+        kv_dtype=fmt.name,
+        engine=c.engine,
+        seq_len=options.seq_len,
+        batch=options.batch,
+        mtp_layers=mtp,
+        sliding_window=spec.sliding_window,
+        parts=whole,
+        parallel=par,
+        gpu_parts=gpu,
+        notes=tuple(_notes(spec, cache, par, options, mtp)),
+    )
+
+
+def _prepared(spec: ModelSpec, options: Options):
+    """(curve, MLA cache, format, MTP layers counted) after checking every option."""
     attn = spec.attention
     is_mla = isinstance(attn, MlaAttention)
     fmt = get_format(options.kv_dtype)
@@ -152,25 +240,33 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
     par = options.parallel
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
-    whole = _parts(spec, fmt, engine, cache, Parallel(), options.seq_len, options.batch, mtp)
-    gpu = whole
-    if not par.is_single_gpu:
-        gpu = _parts(spec, fmt, engine, cache, par, options.seq_len, options.batch, mtp)
-    return Footprint(
-        model=spec.name,
-        display_name=spec.display_name,
-        attention=attn.variant,
-        layout=str(cache) if cache else STANDARD_LAYOUT,
-        kv_dtype=fmt.name,
-        engine=engine,
-        seq_len=options.seq_len,
-        batch=options.batch,
-        mtp_layers=mtp,
-        sliding_window=spec.sliding_window,
-        parts=whole,
-        parallel=par,
-        gpu_parts=gpu,
-        notes=tuple(_notes(spec, cache, par, options, mtp)),
+    whole = _groups(spec, fmt, cache, 1, Counter(spec.layer_counts) + Counter({LayerKind.FULL: mtp}))
+    stages = tuple(
+        _groups(spec, fmt, cache, par.attention_tp, counts)
+        for counts in stage_layer_counts(spec, par.pp, mtp)
+    )
+    return Curve(engine, spec.sliding_window, par, whole, stages), cache, fmt, mtp
+
+
+def _groups(spec, fmt, cache, tp: int, counts) -> tuple[Group, ...]:
+    rows = tuple(
+        Row(name, factors, _row_bytes(fmt, name, factors, spec, cache))
+        for name, factors in _widths(spec.attention, cache, tp)
+    )
+    return tuple(
+        Group(kind, counts[kind], rows) for kind in (LayerKind.FULL, LayerKind.SLIDING) if counts[kind]
+    )
+
+
+def _bytes(groups, engine: Engine, tokens: int, seqs: int, window: int | None) -> int:
+    return sum(g.bytes_per_token * _cells(engine, g.kind, tokens, seqs, window) for g in groups)
+
+
+def _materialise(groups, engine: Engine, tokens: int, seqs: int, window) -> tuple[Part, ...]:
+    return tuple(
+        Part(r.name, g.kind, g.layers, r.factors, r.bytes, _cells(engine, g.kind, tokens, seqs, window))
+        for g in groups
+        for r in g.rows
     )
 
 
@@ -206,24 +302,6 @@ def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
             "variant instead (vllm@no-mla, llama.cpp@2024, transformers@5.14, reference@naive)"
         )
     return engine.mla_cache
-
-
-def _parts(spec, fmt, engine, cache, par: Parallel, seq_len, batch, mtp) -> tuple[Part, ...]:
-    """Parts on one GPU of ``par`` (``Parallel()``: the whole cache), the fullest stage."""
-    widths = _widths(spec.attention, cache, par.attention_tp)
-    tokens = ceil_div(seq_len, par.dcp)
-    seqs = ceil_div(batch, par.dp_attention)
-    candidates = []
-    for counts in stage_layer_counts(spec, par.pp, mtp):
-        parts = tuple(
-            Part(name, kind, counts[kind], factors,
-                 _row_bytes(fmt, name, factors, spec, cache),
-                 _cells(engine, kind, tokens, seqs, spec.sliding_window))
-            for kind in (LayerKind.FULL, LayerKind.SLIDING) if counts[kind]
-            for name, factors in widths
-        )
-        candidates.append(parts)
-    return max(candidates, key=lambda parts: sum(p.total_bytes for p in parts))
 
 
 def _widths(attn, cache: MlaCache | None, tp: int) -> list[tuple[str, tuple[Factor, ...]]]:

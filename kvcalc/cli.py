@@ -25,7 +25,14 @@ from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
 from kvcalc.spec import MlaAttention, ModelSpec
-from kvcalc.units import humanize_saving, humanize_tokens, parse_token_list, parse_tokens
+from kvcalc.units import (
+    humanize_bytes,
+    humanize_saving,
+    humanize_tokens,
+    parse_bytes,
+    parse_token_list,
+    parse_tokens,
+)
 
 app = typer.Typer(
     name="kvcalc",
@@ -223,6 +230,164 @@ def measure(
     _emit(render(columns, rows, fmt, title=title, notes=notes), output)
     if any(r.error or not r.match for r in rows):
         raise typer.Exit(1)
+
+
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU name (h200, h100-sxm, ...).")]
+GpuMemOpt = Annotated[
+    str | None, typer.Option("--gpu-mem", help="GPU memory: 80GiB, 80GB or bytes (overrides --gpu).")
+]
+WeightsDtypeOpt = Annotated[
+    str, typer.Option("--weights-dtype", help="bf16, fp16, fp32, fp8, fp8-block, int8, int4, mxfp4, nvfp4.")
+]
+MemUtilOpt = Annotated[
+    str, typer.Option("--mem-util", help="Fraction of GPU memory the engine may use (vLLM: 0.9).")
+]
+ReserveOpt = Annotated[
+    str | None,
+    typer.Option("--reserve", help="Activations and runtime per GPU [default: per engine, see README]."),
+]
+
+
+@app.command("fit")
+def fit_command(
+    model: ModelArg,
+    gpu: GpuOpt = None,
+    gpu_mem: GpuMemOpt = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs in all (tp x pp).")] = None,
+    seq: Annotated[str, typer.Option("--seq", help="Context per sequence for concurrency.")] = "128k",
+    kv_dtype: KvDtypeOpt = "bf16",
+    weights_dtype: WeightsDtypeOpt = "bf16",
+    layout: LayoutOpt = None,
+    mtp: MtpOpt = False,
+    engine: EngineOpt = None,
+    block_size: BlockSizeOpt = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    dcp: DcpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
+    mem_util: MemUtilOpt = "0.9",
+    reserve: ReserveOpt = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """How many tokens, sequences and how long a context fit in a GPU budget."""
+    from kvcalc.fit import check_parallel, fit
+
+    spec = resolve(model)
+    name, memory = _gpu_memory(gpu, gpu_mem)
+    parallel = check_parallel(Parallel(tp, pp, dcp, dp_attention), gpus)
+    options = Options(parse_tokens(seq), 1, kv_dtype, layout, mtp, engine, block_size, parallel)
+    reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
+    result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
+                 mem_util=mem_util, reserve_bytes=reserve_bytes)
+    if fmt in (OutputFormat.JSON, OutputFormat.CSV):
+        text = render(FIT_COLUMNS, [result], fmt)
+    else:
+        title = (f"{result.display_name} on {result.gpus} x {result.gpu}, {result.engine}, "
+                 f"KV {result.kv_dtype}, weights {result.weights_dtype}")
+        text = render(BREAKDOWN_COLUMNS, _breakdown(result), fmt, title=title, notes=result.notes)
+    _emit(text, output)
+
+
+@app.command()
+def plot(
+    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Chart file: .png or .svg.")],
+    seq_max: Annotated[str, typer.Option("--seq-max", help="Longest context plotted.")] = "1M",
+    gpu: GpuOpt = None,
+    gpu_mem: GpuMemOpt = None,
+    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    kv_dtype: KvDtypeOpt = "bf16",
+    weights_dtype: WeightsDtypeOpt = "bf16",
+    layout: LayoutOpt = None,
+    mtp: MtpOpt = False,
+    engine: EngineOpt = None,
+    block_size: BlockSizeOpt = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    dcp: DcpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
+    mem_util: MemUtilOpt = "0.9",
+    reserve: ReserveOpt = None,
+) -> None:
+    """Chart KV cache per GPU against context, with each model's KV budget on the GPU."""
+    from kvcalc.analytic import curve
+    from kvcalc.fit import fit
+    from kvcalc.plot import Series, render_plot
+
+    parallel = Parallel(tp, pp, dcp, dp_attention)
+    top = parse_tokens(seq_max, "--seq-max")
+    reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
+    gpu_name, memory = _gpu_memory(gpu, gpu_mem) if (gpu or gpu_mem) else (None, None)
+    series = []
+    for spec in [resolve(m) for m in models]:
+        options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
+        budget = None
+        if memory is not None:
+            budget = fit(spec, options, gpu_name=gpu_name, gpu_mem_bytes=memory,
+                         weights_dtype=weights_dtype, mem_util=mem_util,
+                         reserve_bytes=reserve_bytes).kv_budget_bytes_per_gpu
+        series.append(Series(spec.display_name, curve(spec, options), budget))
+    where = f" on {gpu_name}, dashed: KV budget after {weights_dtype} weights" if gpu_name else ""
+    title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"
+    write_atomic(output, render_plot(series, top, output, title, batch))
+
+
+def _gpu_memory(gpu: str | None, gpu_mem: str | None) -> tuple[str, int]:
+    if gpu_mem is not None:
+        return (gpu or gpu_mem), parse_bytes(gpu_mem, "--gpu-mem")
+    if gpu is None:
+        raise OptionError("--gpu or --gpu-mem: say which GPU (e.g. --gpu h200 or --gpu-mem 80GiB)")
+    from kvcalc.hardware import get_gpu
+
+    card = get_gpu(gpu)
+    return card.display_name, card.memory_bytes
+
+
+@dataclass(frozen=True)
+class BreakdownLine:
+    quantity: str
+    value: str
+    bytes: int | None = None
+
+
+def _breakdown(f) -> list[BreakdownLine]:
+    """The budget as lines that add up, then the answers."""
+    context = "any length (every layer slides)" if f.max_context is None else (
+        f"{f.max_context:,} tokens" + (" (max_position_embeddings)" if f.context_capped else "")
+    )
+    lines = [
+        BreakdownLine("GPU memory", humanize_bytes(f.gpu_mem_bytes), f.gpu_mem_bytes),
+        BreakdownLine(f"× mem-util {f.mem_util}", humanize_bytes(f.usable_bytes), f.usable_bytes),
+        BreakdownLine("− weights on this GPU", humanize_bytes(f.weights_bytes_per_gpu), f.weights_bytes_per_gpu),
+        BreakdownLine("− reserve (activations, runtime)", humanize_bytes(f.reserve_bytes), f.reserve_bytes),
+        BreakdownLine("= KV budget per GPU", humanize_bytes(f.kv_budget_bytes_per_gpu), f.kv_budget_bytes_per_gpu),
+        BreakdownLine("KV per token per GPU", f"{f.kv_bytes_per_token_per_gpu:,} B", f.kv_bytes_per_token_per_gpu),
+    ]
+    if not f.weights_fit:
+        return lines
+    return lines + [
+        BreakdownLine(f"tokens that fit (pages of {f.page_tokens})", f"{f.max_tokens:,}"),
+        BreakdownLine(f"concurrent sequences at {humanize_tokens(f.seq_len)}", f"{f.max_concurrency:,}"),
+        BreakdownLine("longest context, one sequence", context),
+    ]
+
+
+BREAKDOWN_COLUMNS = (
+    Column("quantity", "", lambda line: line.quantity),
+    Column("value", "", lambda line: line.value, Kind.COUNT_TEXT),
+    Column("bytes", "bytes", lambda line: line.bytes, Kind.COUNT),
+)
+
+FIT_COLUMNS = tuple(
+    Column(key, key, (lambda k: lambda f: getattr(f, k))(key))
+    for key in (
+        "model", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len", "gpu_mem_bytes",
+        "mem_util", "weights_bytes_per_gpu", "reserve_bytes", "kv_budget_bytes_per_gpu",
+        "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens", "max_concurrency", "max_context",
+        "context_capped", "weights_fit", "smallest_tp",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -467,16 +632,22 @@ def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    import tempfile  # only when writing a file: keeps start-up lean
+    write_atomic(output, text.encode("utf-8"))
+
+
+def write_atomic(output: Path, data: bytes) -> None:
+    """Write ``data`` to ``output`` through a temporary file and a rename: never a partial file."""
     if output.is_dir():
         raise OptionError(f"--output: {output} is a folder")
     folder = output.parent
     if not folder.is_dir():
         raise OptionError(f"--output: folder {folder} does not exist")
+    import tempfile  # only when writing a file: keeps start-up lean
+
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{output.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

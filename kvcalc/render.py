@@ -32,6 +32,7 @@ class Kind(StrEnum):
     COUNT = "count"  # exact integer with thousands separators
     BYTES = "bytes"  # humanised, powers of two
     TOKENS = "tokens"  # 131072 -> 128k
+    COUNT_TEXT = "count-text"  # already text, aligned right like a number
 
 
 @dataclass(frozen=True)

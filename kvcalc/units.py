@@ -32,6 +32,8 @@ _BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 def humanize_bytes(n: int) -> str:
     """``70272`` -> ``68.6 KiB``; exact below 1 KiB. Three significant digits."""
+    if n < 0:
+        return "-" + humanize_bytes(-n)
     if n < 1024:
         return f"{n} B"
     value = Fraction(n)
@@ -57,3 +59,23 @@ def humanize_saving(cache_bytes: int, mha_bytes: int) -> str:
     if cache_bytes == mha_bytes:
         return "same"
     return f"{mha_bytes / cache_bytes:.1f}× less"
+
+
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+
+
+def parse_bytes(text: str, option: str) -> int:
+    """``80GiB`` (powers of two), ``80GB`` (powers of ten), or raw bytes ``85899345920``."""
+    match = _BYTES.fullmatch(text.strip())
+    unit = match[2].lower() if match else None
+    if not match or unit not in _BYTE_UNITS:
+        raise OptionError(f"{option}: {text!r} is not a size (examples: 80GiB, 80GB, 85899345920)")
+    size = Fraction(match[1]) * _BYTE_UNITS[unit]
+    if size.denominator != 1 or size < 0:
+        raise OptionError(f"{option}: {text!r} is not a whole number of bytes")
+    return int(size)

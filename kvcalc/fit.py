@@ -1,0 +1,227 @@
+"""How much fits: the per-GPU KV budget, and the tokens, sequences and context it holds.
+
+Budget, per GPU, as a breakdown that adds up (vLLM's accounting):
+
+    usable     = floor(GPU memory x mem_util)              (vLLM's gpu_memory_utilization, 0.9)
+    weights    = ceil(params x bytes per weight / (tp x pp))
+    KV budget  = usable - weights - reserve                (reserve: activations, CUDA graphs, runtime)
+
+Answers, on the same cache curve ``compare`` uses (engine, format, layout, replication):
+- tokens that fit: whole pages, ``budget // (page x bytes per token per GPU) x page`` -- vLLM's
+  ``num_blocks = available // page_size_bytes`` over all layers, and SGLang's
+  ``budget // cell_size`` rounded down to its page size;
+- concurrent sequences at ``seq_len``: the most sequences whose per-GPU cache fits;
+- longest context for one sequence, capped by the model's ``max_position_embeddings``.
+Both searches evaluate the curve in constant time per length, so they are exact, not estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+from kvcalc.analytic import Curve, Options, curve
+from kvcalc.errors import OptionError
+from kvcalc.parallel import Parallel
+from kvcalc.spec import ModelSpec
+
+GIB = 1 << 30
+
+WEIGHT_FORMATS: dict[str, tuple[Fraction, str]] = {
+    "fp32": (Fraction(4), "4 B per weight"),
+    "bf16": (Fraction(2), "2 B per weight"),
+    "fp16": (Fraction(2), "2 B per weight"),
+    "fp8": (Fraction(1), "1 B per weight, per-tensor scale"),
+    "fp8-block": (Fraction(1) + Fraction(4, 128 * 128),
+                  "1 B per weight + one fp32 scale per 128x128 block (DeepSeek-V3's fp8)"),
+    "int8": (Fraction(1), "1 B per weight, per-channel scale"),
+    "int4": (Fraction(1, 2) + Fraction(2, 128), "4 bits + one fp16 scale per group of 128 (AWQ/GPTQ)"),
+    "mxfp4": (Fraction(1, 2) + Fraction(1, 32), "4 bits + one e8m0 scale per 32 (gpt-oss)"),
+    "nvfp4": (Fraction(1, 2) + Fraction(1, 16), "4 bits + one fp8 scale per 16"),
+}
+"""Bytes per parameter, exact, scales of block-quantised formats included."""
+
+RESERVE_BYTES = {
+    "ideal": 0,
+    "vllm": 3 * GIB,
+    "sglang": 3 * GIB,
+    "llama.cpp": 1 * GIB,
+    "transformers": 2 * GIB,
+    "reference": 2 * GIB,
+}
+"""Default ``--reserve`` per engine: a typical activation peak plus CUDA graphs and runtime buffers
+for a large model -- a starting point to replace with the figure the engine logs."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: str
+    display_name: str
+    gpu: str
+    gpus: int
+    engine: str
+    kv_dtype: str
+    weights_dtype: str
+    seq_len: int
+    gpu_mem_bytes: int
+    mem_util: str
+    usable_bytes: int
+    weights_bytes_per_gpu: int
+    reserve_bytes: int
+    kv_budget_bytes_per_gpu: int
+    """May be negative: the weights do not fit."""
+    kv_bytes_per_token_per_gpu: int
+    page_tokens: int
+    max_tokens: int
+    max_concurrency: int
+    max_context: int | None
+    """None when every layer slides and no maximum position is known: any length fits."""
+    context_capped: bool
+    """max_context is the model's max_position_embeddings, not the memory's limit."""
+    smallest_tp: int | None
+    """When the weights do not fit: the smallest tp that leaves a KV budget."""
+    notes: tuple[str, ...]
+
+    @property
+    def weights_fit(self) -> bool:
+        return self.kv_budget_bytes_per_gpu > 0
+
+
+def weights_bytes(params: int, weights_dtype: str) -> int:
+    """Bytes of ``params`` weights in a format, rounded up once."""
+    per_weight = _weight_format(weights_dtype)
+    total = params * per_weight
+    return -(-total.numerator // total.denominator)
+
+
+def fit(
+    spec: ModelSpec,
+    options: Options,
+    *,
+    gpu_name: str,
+    gpu_mem_bytes: int,
+    weights_dtype: str = "bf16",
+    mem_util: str = "0.9",
+    reserve_bytes: int | None = None,
+) -> Fit:
+    """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes."""
+    if spec.params is None:
+        raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
+    util = _mem_util(mem_util)
+    c = curve(spec, options)
+    par = options.parallel
+    engine = c.engine.name.split("@")[0]
+    reserve = RESERVE_BYTES[engine] if reserve_bytes is None else reserve_bytes
+    usable = int(gpu_mem_bytes * util)
+    weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
+    budget = usable - weights - reserve
+    rate = max(sum(g.bytes_per_token for g in stage) for stage in c.stages)
+    page = c.engine.page_tokens
+    fits = budget > 0
+    max_tokens = budget // (page * rate) * page if fits else 0
+
+    concurrency = _largest(lambda n: c.per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
+    cap = spec.max_position_embeddings
+    context = longest_context(c, budget, limit=cap) if fits else 0
+    capped = fits and cap is not None and context == cap
+    smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, util, weights_dtype, reserve)
+    return Fit(
+        model=spec.name, display_name=spec.display_name, gpu=gpu_name, gpus=par.tp * par.pp,
+        engine=c.engine.name, kv_dtype=options.kv_dtype, weights_dtype=weights_dtype,
+        seq_len=options.seq_len, gpu_mem_bytes=gpu_mem_bytes, mem_util=mem_util,
+        usable_bytes=usable, weights_bytes_per_gpu=weights, reserve_bytes=reserve,
+        kv_budget_bytes_per_gpu=budget, kv_bytes_per_token_per_gpu=rate, page_tokens=page,
+        max_tokens=max_tokens, max_concurrency=concurrency, max_context=context,
+        context_capped=capped, smallest_tp=smallest,
+        notes=tuple(_notes(spec, c, fits, smallest, weights, usable, reserve)),
+    )
+
+
+_UNBOUNDED = 1 << 40
+
+
+def longest_context(c: Curve, budget: int, *, batch: int = 1, limit: int | None = None) -> int | None:
+    """The longest sequence whose per-GPU cache fits ``budget`` (at most ``limit``); None when
+    any length fits (every layer slides and nothing limits it)."""
+    longest = _largest(lambda s: c.per_gpu_bytes(s, batch) <= budget, limit=limit)
+    return None if longest == _UNBOUNDED else longest
+
+
+def _largest(fits, limit: int | None = None) -> int:
+    """The largest n >= 0 with fits(n) (fits is monotone, fits(0) assumed), up to ``limit``."""
+    top = limit or _UNBOUNDED
+    if not fits(1):
+        return 0
+    if fits(top):
+        return top
+    low, high = 1, 2
+    while high < top and fits(high):
+        low, high = high, high * 2
+    high = min(high, top)
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _smallest_tp(spec, options: Options, mem: int, util: Fraction, weights_dtype, reserve) -> int | None:
+    """The smallest tp (with the same pp, dcp, DP attention) whose KV budget is positive."""
+    par = options.parallel
+    total = weights_bytes(spec.params, weights_dtype)
+    for tp in range(par.tp + 1, spec.attention.num_heads * par.dp_attention + 1):
+        candidate = replace(par, tp=tp)
+        try:
+            candidate.check(spec)
+        except OptionError:
+            continue
+        if int(mem * util) - -(-total // (tp * par.pp)) - reserve > 0:
+            return tp
+    return None
+
+
+def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: int) -> list[str]:
+    notes = []
+    if not fits:
+        more = f"; the smallest tp that fits is {smallest}" if smallest else "; no tp fits"
+        notes.append(
+            f"the weights alone ({weights / GIB:.1f} GiB per GPU) leave no KV budget in "
+            f"{usable / GIB:.1f} GiB usable minus {reserve / GIB:.1f} GiB reserve{more}"
+        )
+    if spec.layer_counts["sliding"]:
+        notes.append(
+            "tokens that fit count every layer (the full-context rate); sliding layers hold at most "
+            "their window, so concurrency and context are computed on the real cache"
+        )
+    return notes
+
+
+def _weight_format(name: str) -> Fraction:
+    try:
+        return WEIGHT_FORMATS[name.lower()][0]
+    except KeyError:
+        raise OptionError(
+            f"--weights-dtype: unknown format {name!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
+        ) from None
+
+
+def _mem_util(text: str) -> Fraction:
+    try:
+        util = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise OptionError(f"--mem-util: {text!r} is not a number") from None
+    if not 0 < util <= 1:
+        raise OptionError(f"--mem-util: {text} must be above 0 and at most 1")
+    return util
+
+
+def check_parallel(par: Parallel, gpus: int | None) -> Parallel:
+    """``--gpus`` alone sets tp = gpus / pp; with --tp it must equal tp x pp."""
+    if gpus is None:
+        return par
+    if gpus < 1:
+        raise OptionError(f"--gpus: {gpus} must be at least 1")
+    if par.tp == 1 and gpus % par.pp == 0:
+        return replace(par, tp=gpus // par.pp)
+    if gpus != par.tp * par.pp:
+        raise OptionError(f"--gpus {gpus}: must equal --tp {par.tp} x --pp {par.pp}")
+    return par

@@ -1,0 +1,145 @@
+"""kvcalc fit: the budget adds up, and the answers follow vLLM's and SGLang's allocation rules."""
+
+import json
+
+import pytest
+
+from kvcalc.analytic import Options, curve
+from kvcalc.catalog import load_bundled
+from kvcalc.errors import OptionError
+from kvcalc.fit import GIB, check_parallel, fit, weights_bytes
+from kvcalc.hardware import GPUS, get_gpu
+from kvcalc.parallel import Parallel
+from kvcalc.units import parse_bytes
+
+V3 = load_bundled("deepseek-v3")
+H200 = get_gpu("h200")
+
+
+def v3_on_h200(**kw):
+    options = Options(131072, kv_dtype="fp8", engine="vllm", parallel=Parallel(tp=8))
+    return fit(V3, options, gpu_name=H200.display_name, gpu_mem_bytes=H200.memory_bytes,
+               weights_dtype="fp8", **kw)
+
+
+def test_budget_adds_up():
+    f = v3_on_h200()
+    assert f.usable_bytes == H200.memory_bytes * 9 // 10
+    assert f.weights_bytes_per_gpu == 671_000_000_000 // 8
+    assert f.reserve_bytes == 3 * GIB  # vLLM's documented default
+    assert f.kv_budget_bytes_per_gpu == f.usable_bytes - f.weights_bytes_per_gpu - f.reserve_bytes
+
+
+def test_tokens_follow_vllms_page_rule():
+    f = v3_on_h200()
+    # vLLM: num_blocks = budget // (block_size x bytes per token per layer x layers); tokens = blocks x 64
+    pages = f.kv_budget_bytes_per_gpu // (64 * 576 * 61)
+    assert f.kv_bytes_per_token_per_gpu == 576 * 61  # fp8 latent, replicated on every TP rank
+    assert f.max_tokens == pages * 64 == 1_382_656
+
+
+def test_tokens_follow_sglangs_cell_rule():
+    options = Options(131072, kv_dtype="bf16", engine="sglang", parallel=Parallel(tp=8))
+    f = fit(V3, options, gpu_name="h200", gpu_mem_bytes=H200.memory_bytes, weights_dtype="fp8")
+    assert f.max_tokens == f.kv_budget_bytes_per_gpu // (1152 * 61)  # page size 1: whole cells
+
+
+def test_concurrency_and_context_are_the_largest_that_fit():
+    f = v3_on_h200()
+    c = curve(V3, Options(1, kv_dtype="fp8", engine="vllm", parallel=Parallel(tp=8)))
+    n = f.max_concurrency
+    assert c.per_gpu_bytes(131072, n) <= f.kv_budget_bytes_per_gpu < c.per_gpu_bytes(131072, n + 1)
+    assert (n, f.max_context, f.context_capped) == (10, 163_840, True)  # capped by max positions
+
+
+def test_context_limited_by_memory():
+    f = fit(load_bundled("llama-3.1-8b"), Options(8192), gpu_name="24GiB",
+            gpu_mem_bytes=parse_bytes("24GiB", "--gpu-mem"))
+    budget = 24 * GIB * 9 // 10 - 8_030_000_000 * 2
+    assert f.kv_budget_bytes_per_gpu == budget
+    assert f.max_context == budget // 131_072 and not f.context_capped
+
+
+def test_dp_attention_multiplies_concurrency():
+    plain = v3_on_h200()
+    options = Options(131072, kv_dtype="fp8", engine="vllm", parallel=Parallel(tp=8, dp_attention=8))
+    dp = fit(V3, options, gpu_name="h200", gpu_mem_bytes=H200.memory_bytes, weights_dtype="fp8")
+    assert dp.max_concurrency == 8 * plain.max_concurrency
+
+
+def test_sliding_models_can_fit_any_length():
+    spec = load_bundled("mistral-7b-v0.1").replace(max_position_embeddings=None)
+    f = fit(spec, Options(4096), gpu_name="h200", gpu_mem_bytes=H200.memory_bytes)
+    assert f.max_context is None  # every layer holds at most 4096 tokens
+
+
+def test_weights_that_do_not_fit_name_the_smallest_tp():
+    f = fit(load_bundled("llama-3.1-405b"), Options(4096, parallel=Parallel(tp=2)),
+            gpu_name="h100", gpu_mem_bytes=get_gpu("h100").memory_bytes)
+    assert not f.weights_fit and f.max_tokens == 0
+    assert f.smallest_tp == 16
+    assert "the smallest tp that fits is 16" in f.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params", "nbytes"),
+    [("bf16", 10, 20), ("fp8", 10, 10), ("int4", 128, 66), ("mxfp4", 32, 17), ("nvfp4", 16, 9),
+     ("fp8-block", 16384, 16388), ("fp8-block", 1, 2)],
+)
+def test_weight_formats_count_their_scales(fmt, params, nbytes):
+    assert weights_bytes(params, fmt) == nbytes
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: weights_bytes(1, "fp4"), "--weights-dtype: unknown format 'fp4'"),
+        (lambda: v3_on_h200(mem_util="1.5"), "--mem-util: 1.5 must be above 0"),
+        (lambda: v3_on_h200(mem_util="most"), "--mem-util: 'most' is not a number"),
+        (lambda: check_parallel(Parallel(tp=4), 6), "--gpus 6: must equal --tp 4 x --pp 1"),
+        (lambda: get_gpu("h300"), "unknown GPU 'h300'; closest: h200"),
+        (lambda: parse_bytes("80 parsecs", "--gpu-mem"), "--gpu-mem: '80 parsecs' is not a size"),
+    ],
+)
+def test_errors(call, message):
+    with pytest.raises(OptionError, match=message):
+        call()
+
+
+def test_gpus_alone_sets_tp():
+    assert check_parallel(Parallel(pp=2), 8) == Parallel(tp=4, pp=2)
+
+
+@pytest.mark.parametrize(("text", "nbytes"), [("80GiB", 80 << 30), ("80GB", 80 * 10**9), ("1.5TiB", 3 << 39),
+                                              ("85899345920", 85899345920)])
+def test_sizes(text, nbytes):
+    assert parse_bytes(text, "--gpu-mem") == nbytes
+
+
+def test_gpu_table_covers_the_issue():
+    assert {"a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "gb200", "mi300x",
+            "mi325x", "l40s", "rtx-4090", "rtx-5090"} <= set(GPUS)
+    assert H200.memory_bytes == 143771 << 20  # as nvidia-smi reported on an H200 here
+
+
+def test_cli_fit_json(cli):
+    status, out, _ = cli("fit", "deepseek-v3", "--gpu", "h200", "--gpus", "8", "--engine", "vllm",
+                         "--kv-dtype", "fp8", "--weights-dtype", "fp8", "--seq", "128k", "-f", "json")
+    assert status == 0
+    (row,) = json.loads(out)
+    assert {k: row[k] for k in ("gpu_mem_bytes", "max_tokens", "max_concurrency", "max_context")} == {
+        "gpu_mem_bytes": 143771 << 20, "max_tokens": 1_382_656, "max_concurrency": 10,
+        "max_context": 163_840}
+    assert row["kv_budget_bytes_per_gpu"] == (row["gpu_mem_bytes"] * 9 // 10
+                                              - row["weights_bytes_per_gpu"] - row["reserve_bytes"])
+
+
+def test_cli_fit_table_breakdown(cli):
+    status, out, _ = cli("fit", "llama-3.1-70b", "--gpu-mem", "80GiB", "--tp", "4")
+    assert status == 0
+    assert "  = KV budget per GPU" in out and "tokens that fit (pages of 1)" in out
+
+
+def test_cli_fit_needs_a_gpu(cli):
+    status, _, err = cli("fit", "llama-3.1-70b")
+    assert (status, err) == (2, "kvcalc: error: --gpu or --gpu-mem: say which GPU (e.g. --gpu h200 or --gpu-mem 80GiB)\n")
