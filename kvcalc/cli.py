@@ -199,6 +199,9 @@ def measure(
     layers: Annotated[int, typer.Option("--layers", help="Real layers built per layer kind.")] = 1,
     decode_steps: Annotated[int, typer.Option("--decode-steps", help="Decode steps timed.")] = 8,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda.")] = "auto",
+    tp: Annotated[
+        int, typer.Option("--tp", help="Tensor-parallel ranks (torch.distributed; joins torchrun).")
+    ] = 1,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
@@ -213,20 +216,37 @@ def measure(
     ]
     from kvcalc import measure as m  # torch: only here
 
-    options = [m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps) for r in runs]
-    for o in options:
+    options = [
+        m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps, tp) for r in runs
+    ]
+    for r, o in zip(runs, options, strict=True):
         m.check_options(o)
-    where = m.resolve_device(device)
-    rows = _with_progress(
-        [(r.spec, o) for r, o in zip(runs, options, strict=True)], lambda s, o: m.measure(s, o, where)
-    )
+        Parallel(tp=tp).check(r.spec)
+    jobs = [(r.spec, o) for r, o in zip(runs, options, strict=True)]
+    if tp > 1:
+        from kvcalc.distributed import measure_ranks
+
+        rows = measure_ranks(jobs, tp, device)
+        if rows is None:  # a torchrun rank other than 0: rank 0 reports
+            return
+        where = rows[0].device.split(":")[0] if rows else device
+    else:
+        where = m.resolve_device(device)
+        rows = _with_progress(jobs, lambda s, o: m.measure(s, o, where))
     notes = [f"{r.model} at {humanize_tokens(r.seq_len)}: not measured: {r.error}" for r in rows if r.error]
+    if tp > 1:  # what the per-GPU figures mean: replication or a split, in words
+        for spec in specs:
+            fp = footprint(spec, Options(1, parallel=Parallel(tp=tp), layout=layouts[0]))
+            notes += [f"{spec.name}: {note}" for note in fp.notes]
     notes += [
         f"{r.model} at {humanize_tokens(r.seq_len)}: measured differs by {r.difference_bytes:+,} B"
         for r in rows if r.match is False
     ]
-    columns = MEASURE_COLUMNS + (MEASURE_CUDA_COLUMNS if where.type == "cuda" else ())
-    title = f"Measured on {where}, {kv_dtype} cache, batch {batch}; model totals scaled from the layers"
+    cuda = str(where).startswith("cuda")
+    columns = MEASURE_COLUMNS + (MEASURE_CUDA_COLUMNS if cuda else ())
+    ranks = f", tp {tp}: one row per rank, bytes per GPU" if tp > 1 else ""
+    title = (f"Measured on {where}, {kv_dtype} cache, batch {batch}{ranks}; "
+             "model totals scaled from the layers")
     _emit(render(columns, rows, fmt, title=title, notes=notes), output)
     if any(r.error or not r.match for r in rows):
         raise typer.Exit(1)
@@ -427,6 +447,8 @@ MEASURE_COLUMNS = (
     Column("seq_len", "Tokens", lambda r: r.seq_len, Kind.TOKENS),
     Column("batch", "Batch", lambda r: r.batch, Kind.COUNT, human=False),
     Column("layers", "Layers", lambda r: r.layers, Kind.COUNT),
+    Column("tp", "TP", lambda r: r.tp, Kind.COUNT, human=False),
+    Column("rank", "Rank", lambda r: r.rank, Kind.COUNT),
     Column("analytic_bytes", "Analytic B", lambda r: r.analytic_bytes, Kind.COUNT),
     Column("measured_bytes", "Measured B", lambda r: r.measured_bytes, Kind.COUNT),
     Column("match", "Match", lambda r: r.match, data=True, human=False),

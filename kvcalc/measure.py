@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kvcalc.analytic import Layout, Options, footprint
+from kvcalc.parallel import Parallel
 from kvcalc.errors import OptionError
 from kvcalc.spec import LayerKind, MlaAttention, ModelSpec
 
@@ -27,6 +28,7 @@ from torch import nn  # noqa: E402
 
 from kvcalc.nn.attention import Attention  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
+from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
 
 CACHE_DTYPES = {
     "fp32": torch.float32,
@@ -48,6 +50,8 @@ class MeasureOptions:
     layers: int = 1
     """Real layers built per layer kind."""
     decode_steps: int = 8
+    tp: int = 1
+    """Tensor-parallel ranks; each measures its own shard (see ``distributed.py``)."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,11 @@ class Measurement:
     layers: int
     """Real layers measured, all kinds together."""
     analytic_bytes: int
-    """The formula's bytes for exactly the layers measured."""
+    """The formula's bytes for exactly the layers measured (on this rank's GPU)."""
     model_bytes: int
-    """The whole model's cache (every layer), from the formula."""
+    """The whole model's cache (every layer; per GPU under tp), from the formula."""
+    rank: int = 0
+    tp: int = 1
     measured_bytes: int | None = None
     model_bytes_scaled: int | None = None
     """The whole model's cache scaled from the measured layers, per kind."""
@@ -103,44 +109,60 @@ def check_options(options: MeasureOptions) -> None:
             f"--kv-dtype {options.kv_dtype}: measure stores {', '.join(CACHE_DTYPES)} (torch dtypes)"
         )
     for name, value in (("--layers", options.layers), ("--batch", options.batch),
-                        ("--seq", options.seq_len)):
+                        ("--seq", options.seq_len), ("--tp", options.tp)):
         if value < 1:
             raise OptionError(f"{name}: {value} must be at least 1")
     if options.decode_steps < 0:
         raise OptionError(f"--decode-steps: {options.decode_steps} must be 0 or more")
 
 
-def measure(spec: ModelSpec, options: MeasureOptions, device: torch.device) -> Measurement:
-    """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row."""
+def measure(
+    spec: ModelSpec, options: MeasureOptions, device: torch.device, shard: Shard = Shard()
+) -> Measurement:
+    """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row
+    in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``)."""
     check_options(options)
-    fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout))
+    parallel = Parallel(tp=options.tp)
+    fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
+                                 parallel=parallel))
     kinds = {kind: min(options.layers, n) for kind, n in spec.layer_counts.items() if n}
-    per_layer = {p.layer_kind: 0 for p in fp.parts}
-    for p in fp.parts:
+    per_layer = {p.layer_kind: 0 for p in fp.gpu_parts}
+    for p in fp.gpu_parts:
         per_layer[p.layer_kind] += p.bytes_per_token_layer * p.cells
     base = Measurement(
         model=spec.name, device=str(device), layout=fp.layout, kv_dtype=fp.kv_dtype,
         seq_len=options.seq_len, batch=options.batch, layers=sum(kinds.values()),
-        analytic_bytes=sum(per_layer[k] * n for k, n in kinds.items()), model_bytes=fp.total_bytes,
+        analytic_bytes=sum(per_layer[k] * n for k, n in kinds.items()), model_bytes=fp.per_gpu_bytes,
+        rank=shard.rank, tp=shard.size,
     )
     shortfall = _memory_shortfall(spec, options, device, base.analytic_bytes)
+    if shard.size > 1:
+        shortfall = _agreed(shortfall, device)
     if shortfall:
         return _replace(base, error=shortfall)
     try:
-        return _run(spec, options, device, kinds, base)
-    except torch.cuda.OutOfMemoryError as e:
-        return _replace(base, error=f"CUDA out of memory: {str(e).splitlines()[0]}")
-    except MemoryError:
-        return _replace(base, error="out of host memory")
+        return _run(spec, options, device, kinds, base, shard)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        if shard.size > 1:
+            raise  # the other ranks wait in an all-reduce: stop them all
+        reason = "out of host memory" if isinstance(e, MemoryError) else str(e).splitlines()[0]
+        return _replace(base, error=f"CUDA out of memory: {reason}" if device.type == "cuda" else reason)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement) -> Measurement:
+def _agreed(shortfall: str | None, device: torch.device) -> str | None:
+    """Every rank starts a row only if all can: one that stopped alone would hang the others."""
+    flag = torch.tensor([1 if shortfall else 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return shortfall or ("another rank lacks the memory for this row" if flag.item() else None)
+
+
+def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, shard: Shard) -> Measurement:
     compute = torch.float32 if options.kv_dtype == "fp32" else torch.bfloat16
     cuda = device.type == "cuda"
-    layers = [(kind, build_layer(spec, kind, options.layout, device, compute))
+    layers = [(kind, build_layer(spec, kind, options.layout, device, compute, shard))
               for kind, n in kinds.items() for _ in range(n)]
     before = torch.cuda.memory_allocated(device) if cuda else 0
     caches = [layer.allocate_cache(options.batch, options.seq_len, CACHE_DTYPES[options.kv_dtype])
@@ -173,12 +195,26 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement) 
     )
 
 
-def build_layer(spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype) -> nn.Module:
-    """One attention layer with the model's dimensions, weights made without a slow init.
+def build_layer(
+    spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype, shard: Shard = Shard()
+) -> nn.Module:
+    """One attention layer with the model's dimensions (this rank's shard under tp).
 
-    Built on the meta device (no memory, no init), moved to ``device`` uninitialised, then filled:
-    uniform(±1/sqrt(fan_in)) for projections, ones for norms -- one cheap pass over the weights.
+    Under tp every rank makes the same full layer on the CPU from a fixed seed, keeps its slice and
+    sums its row-parallel output with the others (``nn/parallel.py``).
     """
+    if shard.size == 1:
+        return make_layer(spec, kind, layout, device, dtype)
+    full = make_layer(spec, kind, layout, torch.device("cpu"), dtype, seed=0)
+    return TensorParallel(shard_layer(full, shard).to(device)).eval()
+
+
+def make_layer(
+    spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype, seed: int | None = None
+) -> nn.Module:
+    """The full layer, weights made without a slow init: built on the meta device (no memory, no
+    init), moved to ``device`` uninitialised, then filled in one cheap pass -- uniform(±1/sqrt(fan_in))
+    for projections, ones for norms; from ``seed`` when given (on the CPU), so ranks agree."""
     attn = spec.attention
     with torch.device("meta"):
         if isinstance(attn, MlaAttention):
@@ -190,13 +226,14 @@ def build_layer(spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype)
             layer = Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                               attn.v_head_dim, window=window, dtype=dtype)
     layer = layer.to_empty(device=device)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for name, param in layer.named_parameters():
+        for param in layer.parameters():
             if param.dim() == 1:
                 param.fill_(1.0)
             else:
                 bound = param.shape[1] ** -0.5
-                param.uniform_(-bound, bound)
+                param.uniform_(-bound, bound, generator=generator)
     return layer.eval()
 
 

@@ -132,7 +132,7 @@ def test_malformed_yaml(text, message):
     ],
 )
 def test_invalid_spec_names_file_field_and_value(replace, message):
-    from conftest import MINIMAL_SPEC
+    from tests.conftest import MINIMAL_SPEC
 
     with pytest.raises(SpecError, match=message):
         parse_spec(MINIMAL_SPEC.replace(*replace), "f.yaml")

@@ -1,0 +1,51 @@
+"""Run inside spawned ranks by test_parallel_layers.py: each rank checks its shard against the
+full layer built from the same seed (fp32)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from kvcalc.nn.attention import Attention
+from kvcalc.nn.mla import MLA
+from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer
+
+TOL = {"atol": 1e-5, "rtol": 1e-4}
+
+CASES = {
+    "gqa": lambda: Attention(64, 8, 4, 8),  # 4 KV heads split over the ranks
+    "gqa-replicated": lambda: Attention(64, 8, 1, 8),  # 1 KV head, copied to every rank
+    "sliding": lambda: Attention(64, 8, 2, 8, window=4),
+    "mla-latent": lambda: MLA(64, 4, 24, 32, 16, 8, 12, layout="latent"),
+    "mla-decompressed": lambda: MLA(64, 4, None, 32, 16, 8, 12, layout="decompressed"),
+}
+
+
+def decode_all(layer, x, prefill):
+    cache = layer.allocate_cache(x.shape[0], x.shape[1], torch.float32)
+    outs = [layer(x[:, :prefill])] + [layer(x[:, t : t + 1], start_pos=t) for t in range(prefill, x.shape[1])]
+    return torch.cat(outs, dim=1), cache.nbytes
+
+
+def held_fraction(full, world: int):
+    """KV-CACHE-FACTS section 4: max(1, n_kv // tp) KV heads per rank; the MLA latent whole."""
+    from fractions import Fraction
+
+    if isinstance(full, MLA):
+        return Fraction(1) if full.layout == "latent" else Fraction(1, world)
+    return Fraction(max(1, full.num_kv_heads // world), full.num_kv_heads)
+
+
+def check_rank(rank: int, world: int, init: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        for name, make in CASES.items():
+            torch.manual_seed(0)
+            full = make()
+            x = torch.randn(2, 9, 64)
+            expected, full_bytes = decode_all(full, x, 5)
+            got, shard_bytes = decode_all(TensorParallel(shard_layer(full, Shard(rank, world))), x, 5)
+            torch.testing.assert_close(got, expected, **TOL, msg=lambda m: f"{name}: {m}")
+            assert shard_bytes == full_bytes * held_fraction(full, world), name
+    finally:
+        dist.destroy_process_group()
