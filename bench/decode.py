@@ -18,16 +18,19 @@ import argparse
 import statistics
 import time
 
-from kvcalc.measure import build_layer, resolve_device  # first: it quiets torch's numpy warning
-
 import torch  # noqa: E402
 
 from kvcalc.analytic import Layout  # noqa: E402
 from kvcalc.catalog import load_bundled  # noqa: E402
+from kvcalc.measure import build_layer, resolve_device  # first: it quiets torch's numpy warning
 from kvcalc.spec import LayerKind  # noqa: E402
 from kvcalc.units import humanize_bytes, parse_token_list  # noqa: E402
 
-CASES = [("deepseek-v3", Layout.LATENT), ("deepseek-v3", Layout.DECOMPRESSED), ("llama-3.1-70b", Layout.LATENT)]
+CASES = [
+    ("deepseek-v3", Layout.LATENT),
+    ("deepseek-v3", Layout.DECOMPRESSED),
+    ("llama-3.1-70b", Layout.LATENT),
+]
 
 
 def step_time(layer, batch: int, tokens: int, steps: int, device) -> tuple[float, int]:

@@ -18,11 +18,11 @@ import typer
 
 from kvcalc import __version__
 from kvcalc.analytic import Comparison, Footprint, Layout, Options, compare, footprint, mha_equivalent
-from kvcalc.parallel import Parallel
 from kvcalc.catalog import bundled_specs, load_spec_file, resolve
 from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
+from kvcalc.parallel import Parallel
 from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
 from kvcalc.spec import MlaAttention, ModelSpec
 from kvcalc.units import (
@@ -376,13 +376,17 @@ def _breakdown(f) -> list[BreakdownLine]:
     context = "any length (every layer slides)" if f.max_context is None else (
         f"{f.max_context:,} tokens" + (" (max_position_embeddings)" if f.context_capped else "")
     )
+    def size(label: str, nbytes: int) -> BreakdownLine:
+        return BreakdownLine(label, humanize_bytes(nbytes), nbytes)
+
     lines = [
-        BreakdownLine("GPU memory", humanize_bytes(f.gpu_mem_bytes), f.gpu_mem_bytes),
-        BreakdownLine(f"× mem-util {f.mem_util}", humanize_bytes(f.usable_bytes), f.usable_bytes),
-        BreakdownLine("− weights on this GPU", humanize_bytes(f.weights_bytes_per_gpu), f.weights_bytes_per_gpu),
-        BreakdownLine("− reserve (activations, runtime)", humanize_bytes(f.reserve_bytes), f.reserve_bytes),
-        BreakdownLine("= KV budget per GPU", humanize_bytes(f.kv_budget_bytes_per_gpu), f.kv_budget_bytes_per_gpu),
-        BreakdownLine("KV per token per GPU", f"{f.kv_bytes_per_token_per_gpu:,} B", f.kv_bytes_per_token_per_gpu),
+        size("GPU memory", f.gpu_mem_bytes),
+        size(f"× mem-util {f.mem_util}", f.usable_bytes),
+        size("− weights on this GPU", f.weights_bytes_per_gpu),
+        size("− reserve (activations, runtime)", f.reserve_bytes),
+        size("= KV budget per GPU", f.kv_budget_bytes_per_gpu),
+        BreakdownLine("KV per token per GPU", f"{f.kv_bytes_per_token_per_gpu:,} B",
+                      f.kv_bytes_per_token_per_gpu),
     ]
     if not f.weights_fit:
         return lines

@@ -78,7 +78,9 @@ def _group_lines(fp, fmt, kind: LayerKind, parts: list[Part], *, labelled: bool)
     rate = sum(p.bytes_per_token for p in parts)
     label = ""
     if labelled:
-        label = "full layers: " if kind is LayerKind.FULL else f"sliding layers (window {fp.sliding_window:,}): "
+        label = "full layers: "
+        if kind is LayerKind.SLIDING:
+            label = f"sliding layers (window {fp.sliding_window:,}): "
     if isinstance(fmt, StorageFormat) and not fmt.is_blocked:
         return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {rate:,} B/token"]
     rows = [f"  {p.name}: {_row_text(fmt, p)}" for p in parts]

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kvcalc.analytic import Layout, Options, footprint
-from kvcalc.parallel import Parallel
 from kvcalc.errors import OptionError
+from kvcalc.parallel import Parallel
 from kvcalc.spec import LayerKind, MlaAttention, ModelSpec
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy
@@ -29,6 +29,9 @@ from torch import nn  # noqa: E402
 from kvcalc.nn.attention import Attention  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
+
+WHOLE = Shard()
+"""One process holding the whole layer."""
 
 CACHE_DTYPES = {
     "fp32": torch.float32,
@@ -117,7 +120,7 @@ def check_options(options: MeasureOptions) -> None:
 
 
 def measure(
-    spec: ModelSpec, options: MeasureOptions, device: torch.device, shard: Shard = Shard()
+    spec: ModelSpec, options: MeasureOptions, device: torch.device, shard: Shard = WHOLE
 ) -> Measurement:
     """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row
     in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``)."""
@@ -196,7 +199,7 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, 
 
 
 def build_layer(
-    spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype, shard: Shard = Shard()
+    spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype, shard: Shard = WHOLE
 ) -> nn.Module:
     """One attention layer with the model's dimensions (this rank's shard under tp).
 
@@ -266,7 +269,8 @@ def _weight_count(spec: ModelSpec) -> int:
     attn, h = spec.attention, spec.hidden_size
     if isinstance(attn, MlaAttention):
         qk = attn.qk_nope_head_dim + attn.qk_rope_head_dim
-        q = h * attn.num_heads * qk if attn.q_lora_rank is None else attn.q_lora_rank * (h + attn.num_heads * qk)
+        q_rank = attn.q_lora_rank
+        q = h * attn.num_heads * qk if q_rank is None else q_rank * (h + attn.num_heads * qk)
         kv = h * (attn.kv_lora_rank + attn.qk_rope_head_dim)
         kv += attn.kv_lora_rank * attn.num_heads * (attn.qk_nope_head_dim + attn.v_head_dim)
         return q + kv + attn.num_heads * attn.v_head_dim * h

@@ -1,10 +1,10 @@
 """The bundled catalog: every spec loads, names its source, and gives the published shape's bytes."""
 
+from importlib import resources
+
 import pytest
 
 from kvcalc.analytic import Options, footprint
-from importlib import resources
-
 from kvcalc.catalog import bundled_names, load_bundled, parse_spec, resolve
 from kvcalc.errors import SpecError, UnknownModelError
 

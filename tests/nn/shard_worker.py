@@ -1,7 +1,6 @@
 """Run inside spawned ranks by test_parallel_layers.py: each rank checks its shard against the
 full layer built from the same seed (fp32)."""
 
-import os
 
 import torch
 import torch.distributed as dist
