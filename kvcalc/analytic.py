@@ -187,6 +187,11 @@ class Curve:
         tokens, seqs = self._per_rank(seq_len, batch)
         return max(_bytes(stage, self.engine, tokens, seqs, self.window) for stage in self.stages)
 
+    @property
+    def per_gpu_bytes_per_token(self) -> int:
+        """One sequence's bytes per token on the fullest GPU stage, at the full-context rate."""
+        return max(sum(g.bytes_per_token for g in stage) for stage in self.stages)
+
     def _per_rank(self, seq_len: int, batch: int) -> tuple[int, int]:
         return ceil_div(seq_len, self.parallel.dcp), ceil_div(batch, self.parallel.dp_attention)
 

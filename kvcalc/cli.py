@@ -10,24 +10,21 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kvcalc import __version__
-from kvcalc.analytic import Comparison, Footprint, Layout, Options, compare, footprint, mha_equivalent
+from kvcalc import __version__, views
+from kvcalc.analytic import Layout, Options, compare, footprint, mha_equivalent
 from kvcalc.catalog import bundled_specs, load_spec_file, resolve
 from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
 from kvcalc.parallel import Parallel
-from kvcalc.render import Column, Kind, OutputFormat, render, render_lines
+from kvcalc.render import OutputFormat, render, render_lines
 from kvcalc.spec import MlaAttention, ModelSpec
 from kvcalc.units import (
-    humanize_bytes,
-    humanize_saving,
     humanize_tokens,
     parse_bytes,
     parse_token_list,
@@ -107,7 +104,7 @@ def list_models(
 ) -> None:
     """List the bundled models with their bf16 cache per token."""
     rows = [(s, footprint(s, Options(seq_len=1))) for s in bundled_specs()]
-    _emit(render(LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)"), output)
+    _emit(render(views.LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)"), output)
 
 
 @app.command()
@@ -142,12 +139,12 @@ def show(
     fp, mha = footprint(spec, options), mha_equivalent(spec, options)
     lines = explain(spec, fp, mha, with_totals=seq_len is not None)
     if fmt is OutputFormat.JSON:
-        text = json.dumps(_show_document(spec, fp, mha, lines, seq_len is not None), indent=2) + "\n"
+        text = json.dumps(views.show_document(spec, fp, mha, lines, seq_len is not None), indent=2) + "\n"
     elif explain_ and fmt is not OutputFormat.CSV:
         text = render_lines(lines, fmt)
     else:
-        columns = PART_COLUMNS if seq_len else PART_COLUMNS_PER_TOKEN
-        notes = _show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
+        columns = views.PART_COLUMNS if seq_len else views.PART_COLUMNS_PER_TOKEN
+        notes = views.show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
         text = render(columns, fp.parts, fmt, title=lines[0], notes=notes)
     _emit(text, output)
 
@@ -180,9 +177,9 @@ def compare_models(
         for spec in specs
         for n in seq_lens
     ]
-    title = _compare_title(rows[0].footprint, layout)
+    title = views.compare_title(rows[0].footprint, layout)
     notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
-    _emit(render(COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
+    _emit(render(views.COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
 
 
 @app.command()
@@ -243,7 +240,7 @@ def measure(
         for r in rows if r.match is False
     ]
     cuda = str(where).startswith("cuda")
-    columns = MEASURE_COLUMNS + (MEASURE_CUDA_COLUMNS if cuda else ())
+    columns = views.MEASURE_COLUMNS + (views.MEASURE_CUDA_COLUMNS if cuda else ())
     ranks = f", tp {tp}: one row per rank, bytes per GPU" if tp > 1 else ""
     title = (f"Measured on {where}, {kv_dtype} cache, batch {batch}{ranks}; "
              "model totals scaled from the layers")
@@ -301,11 +298,11 @@ def fit_command(
     result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                  mem_util=mem_util, reserve_bytes=reserve_bytes)
     if fmt in (OutputFormat.JSON, OutputFormat.CSV):
-        text = render(FIT_COLUMNS, [result], fmt)
+        text = render(views.FIT_COLUMNS, [result], fmt)
     else:
         title = (f"{result.display_name} on {result.gpus} x {result.gpu}, {result.engine}, "
                  f"KV {result.kv_dtype}, weights {result.weights_dtype}")
-        text = render(BREAKDOWN_COLUMNS, _breakdown(result), fmt, title=title, notes=result.notes)
+        text = render(views.BREAKDOWN_COLUMNS, views.breakdown(result), fmt, title=title, notes=result.notes)
     _emit(text, output)
 
 
@@ -365,56 +362,6 @@ def _gpu_memory(gpu: str | None, gpu_mem: str | None) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class BreakdownLine:
-    quantity: str
-    value: str
-    bytes: int | None = None
-
-
-def _breakdown(f) -> list[BreakdownLine]:
-    """The budget as lines that add up, then the answers."""
-    context = "any length (every layer slides)" if f.max_context is None else (
-        f"{f.max_context:,} tokens" + (" (max_position_embeddings)" if f.context_capped else "")
-    )
-    def size(label: str, nbytes: int) -> BreakdownLine:
-        return BreakdownLine(label, humanize_bytes(nbytes), nbytes)
-
-    lines = [
-        size("GPU memory", f.gpu_mem_bytes),
-        size(f"× mem-util {f.mem_util}", f.usable_bytes),
-        size("− weights on this GPU", f.weights_bytes_per_gpu),
-        size("− reserve (activations, runtime)", f.reserve_bytes),
-        size("= KV budget per GPU", f.kv_budget_bytes_per_gpu),
-        BreakdownLine("KV per token per GPU", f"{f.kv_bytes_per_token_per_gpu:,} B",
-                      f.kv_bytes_per_token_per_gpu),
-    ]
-    if not f.weights_fit:
-        return lines
-    return lines + [
-        BreakdownLine(f"tokens that fit (pages of {f.page_tokens})", f"{f.max_tokens:,}"),
-        BreakdownLine(f"concurrent sequences at {humanize_tokens(f.seq_len)}", f"{f.max_concurrency:,}"),
-        BreakdownLine("longest context, one sequence", context),
-    ]
-
-
-BREAKDOWN_COLUMNS = (
-    Column("quantity", "", lambda line: line.quantity),
-    Column("value", "", lambda line: line.value, Kind.COUNT_TEXT),
-    Column("bytes", "bytes", lambda line: line.bytes, Kind.COUNT),
-)
-
-FIT_COLUMNS = tuple(
-    Column(key, key, (lambda k: lambda f: getattr(f, k))(key))
-    for key in (
-        "model", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len", "gpu_mem_bytes",
-        "mem_util", "weights_bytes_per_gpu", "reserve_bytes", "kv_budget_bytes_per_gpu",
-        "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens", "max_concurrency", "max_context",
-        "context_capped", "weights_fit", "smallest_tp",
-    )
-)
-
-
-@dataclass(frozen=True)
 class MeasureRequest:
     spec: ModelSpec
     seq_len: int
@@ -443,60 +390,6 @@ def _with_progress(jobs: list, run) -> list:
     return results
 
 
-MEASURE_COLUMNS = (
-    Column("model", "Model", lambda r: r.model),
-    Column("device", "Device", lambda r: r.device, human=False),
-    Column("layout", "Layout", lambda r: r.layout),
-    Column("kv_dtype", "Dtype", lambda r: r.kv_dtype, human=False),
-    Column("seq_len", "Tokens", lambda r: r.seq_len, Kind.TOKENS),
-    Column("batch", "Batch", lambda r: r.batch, Kind.COUNT, human=False),
-    Column("layers", "Layers", lambda r: r.layers, Kind.COUNT),
-    Column("tp", "TP", lambda r: r.tp, Kind.COUNT, human=False),
-    Column("rank", "Rank", lambda r: r.rank, Kind.COUNT),
-    Column("analytic_bytes", "Analytic B", lambda r: r.analytic_bytes, Kind.COUNT),
-    Column("measured_bytes", "Measured B", lambda r: r.measured_bytes, Kind.COUNT),
-    Column("match", "Match", lambda r: r.match, data=True, human=False),
-    Column("match_text", "Match", lambda r: _match_text(r), data=False),
-    Column("model_bytes", "Model (formula)", lambda r: r.model_bytes, Kind.BYTES, human=False),
-    Column("model_bytes_scaled", "Model (scaled)", lambda r: r.model_bytes_scaled, Kind.BYTES),
-    Column("prefill_s", "Prefill s", lambda r: _round(r.prefill_s, 3)),
-    Column("decode_s_per_token", "Decode ms/tok", lambda r: r.decode_s_per_token, human=False),
-    Column("decode_ms", "Decode ms/tok", lambda r: _ms(r.decode_s_per_token), data=False),
-    Column("decode_bytes_per_s", "GB/s", lambda r: r.decode_bytes_per_s, human=False),
-    Column("decode_gb_s", "GB/s", lambda r: _gb(r.decode_bytes_per_s), data=False),
-    Column("error", "", lambda r: r.error, human=False),
-)
-
-MEASURE_CUDA_COLUMNS = (
-    Column("cuda_allocated_bytes", "Alloc Δ", lambda r: r.cuda_allocated_bytes, Kind.BYTES),
-    Column("cuda_reserved_bytes", "Reserved", lambda r: r.cuda_reserved_bytes, Kind.BYTES),
-    Column("cuda_peak_prefill_bytes", "Peak prefill", lambda r: r.cuda_peak_prefill_bytes, Kind.BYTES),
-)
-
-
-def _match_text(row) -> str:
-    if row.error:
-        return "not measured"
-    return "exact" if row.match else f"off by {row.difference_bytes:+,}"
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _ms(seconds: float | None) -> str | None:
-    return None if seconds is None else f"{seconds * 1000:.2f}"
-
-
-def _gb(bytes_per_s: float | None) -> str | None:
-    return None if bytes_per_s is None else f"{bytes_per_s / 1e9:.1f}"
-
-
-class SpecFormat(StrEnum):
-    YAML = "yaml"
-    JSON = "json"
-
-
 @app.command("import")
 def import_config(
     config: Annotated[
@@ -505,152 +398,14 @@ def import_config(
     name: Annotated[
         str | None, typer.Option("--name", help="Model name [default: from the path].")
     ] = None,
-    fmt: Annotated[SpecFormat, typer.Option("--format", "-f", help="Spec file format.")] = (
-        SpecFormat.YAML
+    fmt: Annotated[views.SpecFormat, typer.Option("--format", "-f", help="Spec file format.")] = (
+        views.SpecFormat.YAML
     ),
     output: OutputOpt = None,
 ) -> None:
     """Write the kvcalc spec a config describes, to keep and edit (kvcalc show reads it back)."""
     spec = load_spec_file(config, name)
-    _emit(spec_text(spec, fmt, origin=str(config)), output)
-
-
-def spec_text(spec: ModelSpec, fmt: SpecFormat, origin: str) -> str:
-    """A spec as a file that ``kvcalc`` reads back to the same spec."""
-    data = _without_defaults(spec.to_dict())
-    if fmt is SpecFormat.JSON:
-        return json.dumps(data, indent=2) + "\n"
-    import yaml
-
-    header = f"# kvcalc spec imported from {origin}\n"
-    return header + yaml.safe_dump(data, sort_keys=False, width=100)
-
-
-def _without_defaults(data: dict) -> dict:
-    """Top-level fields left at their defaults dropped, for a short spec file."""
-    return {k: v for k, v in data.items() if v not in (None, [], ()) and (k, v) != ("mtp_layers", 0)}
-
-
-def _fp(row: Comparison) -> Footprint:
-    return row.footprint
-
-
-COMPARE_COLUMNS = (
-    Column("model", "Model", lambda r: _fp(r).model, human=False),
-    Column("display_name", "Model", lambda r: _fp(r).display_name),
-    Column("attention", "Attn", lambda r: _fp(r).attention),
-    Column("layout", "Layout", lambda r: _fp(r).layout),
-    Column("kv_dtype", "Dtype", lambda r: _fp(r).kv_dtype, human=False),
-    Column("engine", "Engine", lambda r: _fp(r).engine.name, human=False),
-    Column("seq_len", "Tokens", lambda r: _fp(r).seq_len, Kind.TOKENS),
-    Column("batch", "Batch", lambda r: _fp(r).batch, Kind.COUNT, human=False),
-    Column("mtp_layers", "MTP", lambda r: _fp(r).mtp_layers, Kind.COUNT, human=False),
-    Column("bytes_per_token", "B/token", lambda r: _fp(r).bytes_per_token, Kind.COUNT),
-    Column("total_bytes", "KV cache", lambda r: _fp(r).total_bytes, Kind.BYTES),
-    Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES),
-    Column("gpus", "GPUs", lambda r: _fp(r).gpus, Kind.COUNT, human=False),
-    Column(
-        "mha_equivalent_bytes", "MHA-equiv", lambda r: r.mha_equivalent.total_bytes, Kind.BYTES
-    ),
-    Column(
-        "saving",
-        "vs MHA",
-        lambda r: humanize_saving(_fp(r).total_bytes, r.mha_equivalent.total_bytes),
-        data=False,
-    ),
-)
-
-LIST_COLUMNS = (
-    Column("name", "Name", lambda r: r[0].name),
-    Column("display_name", "Model", lambda r: r[0].display_name, human=False),
-    Column("attention", "Attn", lambda r: r[1].attention),
-    Column("num_layers", "Layers", lambda r: r[0].num_layers, Kind.COUNT),
-    Column("mtp_layers", "MTP", lambda r: r[0].mtp_layers, Kind.COUNT, human=False),
-    Column("cache_shape", "Cached per layer", lambda r: _cache_shape(r[1])),
-    Column("sliding_window", "Window", lambda r: _window(r[0]), data=False),
-    Column("sliding_window", "", lambda r: r[0].sliding_window, human=False),
-    Column("sliding_layers", "", lambda r: r[0].layer_counts["sliding"], human=False),
-    Column("bytes_per_token", "B/token bf16", lambda r: r[1].bytes_per_token, Kind.COUNT),
-    Column("params", "Params", lambda r: r[0].params, human=False),
-    Column("source", "Source", lambda r: r[0].source, human=False),
-)
-
-PART_COLUMNS_PER_TOKEN = (
-    Column("part", "Part", lambda p: p.name),
-    Column("layer_kind", "Layers", lambda p: str(p.layer_kind)),
-    Column("layers", "Count", lambda p: p.layers, Kind.COUNT),
-    Column("values", "Values", lambda p: p.values, Kind.COUNT),
-    Column("bytes_per_token_layer", "B/token/layer", lambda p: p.bytes_per_token_layer, Kind.COUNT),
-    Column("bytes_per_token", "B/token", lambda p: p.bytes_per_token, Kind.COUNT),
-)
-
-PART_COLUMNS = (
-    *PART_COLUMNS_PER_TOKEN,
-    Column("cells", "Token slots", lambda p: p.cells, Kind.COUNT),
-    Column("total_bytes", "Bytes", lambda p: p.total_bytes, Kind.BYTES),
-)
-
-
-def _cache_shape(fp: Footprint) -> str:
-    return " + ".join(
-        f"{p.name} {' × '.join(str(f.size) for f in p.factors)}"
-        for p in fp.parts
-        if p.layer_kind == fp.parts[0].layer_kind
-    )
-
-
-def _window(spec: ModelSpec) -> str | None:
-    if spec.sliding_window is None:
-        return None
-    return f"{spec.sliding_window:,} on {spec.layer_counts['sliding']}/{spec.num_layers}"
-
-
-def _compare_title(fp: Footprint, layout: Layout | None) -> str:
-    """The options every row shares, in one line."""
-    where = "engine-neutral" if fp.engine.name == "ideal" else fp.engine.name
-    mla = f", MLA {layout or Layout.LATENT} layout" if fp.engine.name == "ideal" else ""
-    p = fp.parallel
-    gpus = "" if p.is_single_gpu else (
-        f", tp {p.tp} pp {p.pp} dcp {p.dcp} dp-attention {p.dp_attention} ({fp.gpus} GPUs)"
-    )
-    return f"KV cache, {fp.kv_dtype}, {where}{mla}, batch {fp.batch}{gpus}"
-
-
-def _show_notes(fp: Footprint, mha: Footprint, seq_len: int | None) -> list[str]:
-    notes = [
-        f"{fp.bytes_per_token:,} B/token over all layers; MHA equivalent "
-        f"{mha.bytes_per_token:,} B/token ({humanize_saving(fp.bytes_per_token, mha.bytes_per_token)})"
-    ]
-    if seq_len:
-        notes.append(f"{fp.total_bytes:,} B at {humanize_tokens(seq_len)} tokens × batch {fp.batch}")
-    return notes
-
-
-def _show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals: bool) -> dict:
-    parts = PART_COLUMNS if totals else PART_COLUMNS_PER_TOKEN
-    doc = {
-        "model": fp.model,
-        "attention": fp.attention,
-        "layout": fp.layout,
-        "kv_dtype": fp.kv_dtype,
-        "engine": fp.engine.name,
-        "mtp_layers": fp.mtp_layers,
-        "notes": list(fp.notes),
-        "bytes_per_token": fp.bytes_per_token,
-        "mha_equivalent_bytes_per_token": mha.bytes_per_token,
-        "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
-        "spec": spec.to_dict(),
-        "explain": lines,
-    }
-    if totals:
-        doc |= {
-            "seq_len": fp.seq_len,
-            "batch": fp.batch,
-            "total_bytes": fp.total_bytes,
-            "per_gpu_bytes": fp.per_gpu_bytes,
-            "gpu_parts": [{c.key: c.value(p) for c in parts} for p in fp.gpu_parts],
-        }
-    return doc
+    _emit(views.spec_text(spec, fmt, origin=str(config)), output)
 
 
 def _emit(text: str, output: Path | None) -> None:

@@ -115,7 +115,7 @@ def fit(
     usable = int(gpu_mem_bytes * util)
     weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
     budget = usable - weights - reserve
-    rate = max(sum(g.bytes_per_token for g in stage) for stage in c.stages)
+    rate = c.per_gpu_bytes_per_token
     page = c.engine.page_tokens
     fits = budget > 0
     max_tokens = budget // (page * rate) * page if fits else 0

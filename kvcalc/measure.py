@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvcalc.analytic import Layout, Options, footprint
@@ -290,12 +290,3 @@ def _available_host_bytes() -> int | None:
 
 def _replace(m: Measurement, **changes) -> Measurement:
     return Measurement(**{**m.__dict__, **changes})
-
-
-def sweep(
-    specs: list[ModelSpec], options: list[MeasureOptions], device: torch.device
-) -> Iterator[Measurement]:
-    """Every (model, options) row, in order."""
-    for spec in specs:
-        for opts in options:
-            yield measure(spec, opts, device)
