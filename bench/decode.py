@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch  # noqa: E402
 
 from kvcalc.analytic import Layout  # noqa: E402
 from kvcalc.catalog import load_bundled  # noqa: E402
-from kvcalc.measure import build_layer, resolve_device  # first: it quiets torch's numpy warning
+from kvcalc.measure import build_layer, resolve_device, timed  # first: quiets torch's numpy warning
 from kvcalc.spec import LayerKind  # noqa: E402
 from kvcalc.units import humanize_bytes, parse_token_list  # noqa: E402
 
@@ -49,24 +48,14 @@ def decode_times(layer, batch: int, tokens: int, steps: int, device) -> tuple[fl
     with torch.inference_mode():
         for i in range(steps + 2):  # two warm-up pairs
             layer.cache = long
-            full = _timed(lambda: layer(x, start_pos=tokens), device)
+            full = timed(lambda: layer(x, start_pos=tokens), device)
             layer.cache = short
-            base = _timed(lambda: layer(x, start_pos=1), device)
+            base = timed(lambda: layer(x, start_pos=1), device)
             if i >= 2:
                 steps_s.append(full)
                 differences.append(full - base)
     layer.cache = None
     return statistics.median(steps_s), max(statistics.median(differences), 1e-9), long.nbytes
-
-
-def _timed(work, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -183,12 +183,12 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, 
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
         x = torch.randn(options.batch, prefill, hidden, device=device, dtype=compute)
-        prefill_s = _timed(lambda: [layer(x) for _, layer in layers], device)
+        prefill_s = timed(lambda: [layer(x) for _, layer in layers], device)
         peak = torch.cuda.max_memory_allocated(device) if cuda else None
         step_times = []
         for pos in range(prefill, options.seq_len):
             xt = torch.randn(options.batch, 1, hidden, device=device, dtype=compute)
-            step_times.append(_timed(lambda: [layer(xt, start_pos=pos) for _, layer in layers], device))
+            step_times.append(timed(lambda: [layer(xt, start_pos=pos) for _, layer in layers], device))
     step = statistics.median(step_times) if step_times else None
     return _replace(
         base, measured_bytes=measured, model_bytes_scaled=scaled, prefill_s=prefill_s,
@@ -240,7 +240,8 @@ def make_layer(
     return layer.eval()
 
 
-def _timed(work: Callable[[], object], device: torch.device) -> float:
+def timed(work: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of ``work()``, synchronised with the GPU on CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
