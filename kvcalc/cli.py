@@ -240,7 +240,7 @@ def measure(
         for r in rows if r.match is False
     ]
     cuda = str(where).startswith("cuda")
-    columns = views.MEASURE_COLUMNS + (views.MEASURE_CUDA_COLUMNS if cuda else ())
+    columns = views.measure_columns(tp, cuda)
     ranks = f", tp {tp}: one row per rank, bytes per GPU" if tp > 1 else ""
     title = (f"Measured on {where}, {kv_dtype} cache, batch {batch}{ranks}; "
              "model totals scaled from the layers")

@@ -75,7 +75,7 @@ MEASURE_COLUMNS = (
     Column("batch", "Batch", lambda r: r.batch, Kind.COUNT, human=False),
     Column("layers", "Layers", lambda r: r.layers, Kind.COUNT),
     Column("tp", "TP", lambda r: r.tp, Kind.COUNT, human=False),
-    Column("rank", "Rank", lambda r: r.rank, Kind.COUNT),
+    Column("rank", "Rank", lambda r: r.rank, Kind.COUNT, human=False),
     Column("analytic_bytes", "Analytic B", lambda r: r.analytic_bytes, Kind.COUNT),
     Column("measured_bytes", "Measured B", lambda r: r.measured_bytes, Kind.COUNT),
     Column("match", "Match", lambda r: r.match, data=True, human=False),
@@ -89,6 +89,16 @@ MEASURE_COLUMNS = (
     Column("decode_gb_s", "GB/s", lambda r: _gb(r.decode_bytes_per_s), data=False),
     Column("error", "", lambda r: r.error, human=False),
 )
+
+
+def measure_columns(tp: int, cuda: bool) -> tuple[Column, ...]:
+    """The measure table: a Rank column under tensor parallelism, the allocator's view on CUDA."""
+    columns = MEASURE_COLUMNS
+    if tp > 1:
+        at = next(i for i, c in enumerate(columns) if c.key == "rank")
+        shown = Column("rank", "Rank", lambda r: r.rank, Kind.COUNT, data=False)
+        columns = (*columns[: at + 1], shown, *columns[at + 1 :])
+    return columns + (MEASURE_CUDA_COLUMNS if cuda else ())
 
 
 MEASURE_CUDA_COLUMNS = (
