@@ -329,7 +329,7 @@ def plot(
 ) -> None:
     """Chart KV cache per GPU against context, with each model's KV budget on the GPU."""
     from kvcalc.analytic import curve
-    from kvcalc.fit import fit
+    from kvcalc.fit import gpu_budget
     from kvcalc.plot import Series, render_plot
 
     parallel = Parallel(tp, pp, dcp, dp_attention)
@@ -341,9 +341,8 @@ def plot(
         options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
         budget = None
         if memory is not None:
-            budget = fit(spec, options, gpu_name=gpu_name, gpu_mem_bytes=memory,
-                         weights_dtype=weights_dtype, mem_util=mem_util,
-                         reserve_bytes=reserve_bytes).kv_budget_bytes_per_gpu
+            budget = gpu_budget(spec, options, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
+                                mem_util=mem_util, reserve_bytes=reserve_bytes).kv_bytes
         series.append(Series(spec.display_name, curve(spec, options), budget))
     where = f" on {gpu_name}, dashed: KV budget after {weights_dtype} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from kvcalc.analytic import Curve, Options, curve
+from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec
@@ -87,6 +88,39 @@ class Fit:
         return self.kv_budget_bytes_per_gpu > 0
 
 
+@dataclass(frozen=True)
+class Budget:
+    """One GPU's memory as a breakdown that adds up: usable - weights - reserve = KV."""
+
+    usable_bytes: int
+    weights_bytes_per_gpu: int
+    reserve_bytes: int
+
+    @property
+    def kv_bytes(self) -> int:
+        """May be negative: the weights do not fit."""
+        return self.usable_bytes - self.weights_bytes_per_gpu - self.reserve_bytes
+
+
+def gpu_budget(
+    spec: ModelSpec,
+    options: Options,
+    *,
+    gpu_mem_bytes: int,
+    weights_dtype: str = "bf16",
+    mem_util: str = "0.9",
+    reserve_bytes: int | None = None,
+) -> Budget:
+    """The KV budget per GPU of ``spec`` served as ``options`` describes (engine, tp x pp)."""
+    if spec.params is None:
+        raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
+    par = options.parallel
+    engine = get_engine(options.engine).name.split("@")[0]
+    reserve = RESERVE_BYTES[engine] if reserve_bytes is None else reserve_bytes
+    weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
+    return Budget(int(gpu_mem_bytes * _mem_util(mem_util)), weights, reserve)
+
+
 def weights_bytes(params: int, weights_dtype: str) -> int:
     """Bytes of ``params`` weights in a format, rounded up once."""
     per_weight = _weight_format(weights_dtype)
@@ -105,16 +139,11 @@ def fit(
     reserve_bytes: int | None = None,
 ) -> Fit:
     """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes."""
-    if spec.params is None:
-        raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
-    util = _mem_util(mem_util)
     c = curve(spec, options)
     par = options.parallel
-    engine = c.engine.name.split("@")[0]
-    reserve = RESERVE_BYTES[engine] if reserve_bytes is None else reserve_bytes
-    usable = int(gpu_mem_bytes * util)
-    weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
-    budget = usable - weights - reserve
+    b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=weights_dtype,
+                   mem_util=mem_util, reserve_bytes=reserve_bytes)
+    usable, weights, reserve, budget = b.usable_bytes, b.weights_bytes_per_gpu, b.reserve_bytes, b.kv_bytes
     rate = c.per_gpu_bytes_per_token
     page = c.engine.page_tokens
     fits = budget > 0
@@ -124,7 +153,7 @@ def fit(
     cap = spec.max_position_embeddings
     context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
-    smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, util, weights_dtype, reserve)
+    smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, weights_dtype, mem_util, reserve)
     return Fit(
         model=spec.name, display_name=spec.display_name, gpu=gpu_name, gpus=par.tp * par.pp,
         engine=c.engine.name, kv_dtype=options.kv_dtype, weights_dtype=weights_dtype,
@@ -164,17 +193,18 @@ def _largest(fits, limit: int | None = None) -> int:
     return low
 
 
-def _smallest_tp(spec, options: Options, mem: int, util: Fraction, weights_dtype, reserve) -> int | None:
+def _smallest_tp(spec, options: Options, mem: int, weights_dtype, mem_util, reserve) -> int | None:
     """The smallest tp (with the same pp, dcp, DP attention) whose KV budget is positive."""
     par = options.parallel
-    total = weights_bytes(spec.params, weights_dtype)
     for tp in range(par.tp + 1, spec.attention.num_heads * par.dp_attention + 1):
-        candidate = replace(par, tp=tp)
+        candidate = replace(options, parallel=replace(par, tp=tp))
         try:
-            candidate.check(spec)
+            candidate.parallel.check(spec)
         except OptionError:
             continue
-        if int(mem * util) - -(-total // (tp * par.pp)) - reserve > 0:
+        budget = gpu_budget(spec, candidate, gpu_mem_bytes=mem, weights_dtype=weights_dtype,
+                            mem_util=mem_util, reserve_bytes=reserve)
+        if budget.kv_bytes > 0:
             return tp
     return None
 
