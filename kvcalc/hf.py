@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import ModelSpec, StandardAttention
 
 _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
@@ -70,9 +70,9 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "attention": attention,
         **_windows(cfg, model_type, layers),
     }
-    fields["params"] = _params(cfg, model_type, fields)
-    fields["assumptions"] = tuple(cfg.assumptions)
-    return _validate(fields, origin)
+    spec = _validate(fields, origin)
+    params = _params(cfg, model_type, spec)
+    return spec.replace(params=params, assumptions=tuple(cfg.assumptions))
 
 
 def spec_from_reference(data: dict, origin: str, name: str) -> ModelSpec:
@@ -224,7 +224,7 @@ def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
     return {"sliding_window": cfg.first_int("sliding_window"), **shape}
 
 
-def _params(cfg: _Config, model_type: str, fields: dict) -> int | None:
+def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:
     """Parameter count from the config's fields: embeddings, attention, (MoE) gated MLPs, norms.
 
     Checked against published totals: Llama-3.1-8B 8,030,261,248; Qwen2.5-7B 7,615,616,512;
@@ -235,12 +235,12 @@ def _params(cfg: _Config, model_type: str, fields: dict) -> int | None:
     if vocab is None or inter is None:
         cfg.assume("params unknown: vocab_size or intermediate_size absent")
         return None
-    hidden, layers = fields["hidden_size"], fields["num_layers"]
+    hidden, layers = spec.hidden_size, spec.num_layers
     tied = cfg.flag("tie_word_embeddings")
     if tied is None:
         cfg.assume("tie_word_embeddings false (absent from the config): a separate output matrix")
     embeddings = vocab * hidden * (1 if tied else 2)
-    attention = _attention_params(cfg, model_type, fields["attention"], hidden)
+    attention = _attention_params(cfg, model_type, spec.attention, hidden)
     norms = (4 if model_type in _FOUR_NORMS else 2) * hidden
     mlp = _mlp_params(cfg, hidden, inter)
     total = embeddings + hidden + sum(attention + norms + mlp(i) for i in range(layers))
@@ -248,21 +248,16 @@ def _params(cfg: _Config, model_type: str, fields: dict) -> int | None:
     return total
 
 
-def _attention_params(cfg: _Config, model_type: str, attn: dict, hidden: int) -> int:
-    heads = attn["num_heads"]
-    if attn["kind"] == "mla":
-        q_dim = heads * (attn["qk_nope_head_dim"] + attn["qk_rope_head_dim"])
-        q_lora = attn["q_lora_rank"]
-        q = hidden * q_dim if q_lora is None else hidden * q_lora + q_lora + q_lora * q_dim
-        rank = attn["kv_lora_rank"]
-        kv = hidden * (rank + attn["qk_rope_head_dim"]) + rank
-        kv += rank * heads * (attn["qk_nope_head_dim"] + attn["v_head_dim"])
-        return q + kv + heads * attn["v_head_dim"] * hidden
-    d, kv_heads = attn["head_dim"], attn["num_kv_heads"]
-    weights = 2 * hidden * heads * d + 2 * hidden * kv_heads * d
-    bias = (heads + 2 * kv_heads) * d if model_type in _QKV_BIAS or cfg.flag("attention_bias") else 0
-    qk_norm = 2 * d if model_type in _QK_NORM else 0
-    return weights + bias + qk_norm
+def _attention_params(cfg: _Config, model_type: str, attn, hidden: int) -> int:
+    """The attention's projections, plus the qkv biases and q/k norms some families add."""
+    extra = 0
+    if isinstance(attn, StandardAttention):
+        d, kv_heads = attn.head_dim, attn.num_kv_heads
+        if model_type in _QKV_BIAS or cfg.flag("attention_bias"):
+            extra += (attn.num_heads + 2 * kv_heads) * d
+        if model_type in _QK_NORM:
+            extra += 2 * d
+    return attn.weight_count(hidden) + extra
 
 
 def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:

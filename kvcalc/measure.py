@@ -255,7 +255,8 @@ def _memory_shortfall(spec, options: MeasureOptions, device, cache_bytes: int) -
     """A reason not to start, when the host clearly lacks the memory (CUDA reports its own OOM)."""
     if device.type != "cpu":
         return None
-    weights = _weight_count(spec) * 2 * options.layers * max(1, len(spec.layer_counts))
+    layers = options.layers * max(1, len(spec.layer_counts))
+    weights = spec.attention.weight_count(spec.hidden_size) * 2 * layers
     width = max(spec.hidden_size, spec.attention.num_heads * 320)
     activations = 8 * options.batch * options.seq_len * width * 4
     needed = cache_bytes + weights + activations
@@ -264,18 +265,6 @@ def _memory_shortfall(spec, options: MeasureOptions, device, cache_bytes: int) -
         gib = 1 << 30
         return f"needs about {needed / gib:.1f} GiB of host memory; {available / gib:.1f} GiB available"
     return None
-
-
-def _weight_count(spec: ModelSpec) -> int:
-    attn, h = spec.attention, spec.hidden_size
-    if isinstance(attn, MlaAttention):
-        qk = attn.qk_nope_head_dim + attn.qk_rope_head_dim
-        q_rank = attn.q_lora_rank
-        q = h * attn.num_heads * qk if q_rank is None else q_rank * (h + attn.num_heads * qk)
-        kv = h * (attn.kv_lora_rank + attn.qk_rope_head_dim)
-        kv += attn.kv_lora_rank * attn.num_heads * (attn.qk_nope_head_dim + attn.v_head_dim)
-        return q + kv + attn.num_heads * attn.v_head_dim * h
-    return h * (attn.num_heads * attn.head_dim * 2 + attn.num_kv_heads * (attn.head_dim + attn.value_dim))
 
 
 def _available_host_bytes() -> int | None:

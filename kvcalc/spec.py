@@ -61,6 +61,11 @@ class StandardAttention:
     def value_dim(self) -> int:
         return self.v_head_dim or self.head_dim
 
+    def weight_count(self, hidden_size: int) -> int:
+        """Parameters of q_proj, k_proj, v_proj and o_proj (no biases): q and o span the query
+        heads, k and v the KV heads, each once with the K width and once with the V width."""
+        return hidden_size * (self.num_heads + self.num_kv_heads) * (self.head_dim + self.value_dim)
+
 
 @dataclass(frozen=True, kw_only=True)
 class MlaAttention:
@@ -86,6 +91,17 @@ class MlaAttention:
     @property
     def variant(self) -> str:
         return "MLA"
+
+    def weight_count(self, hidden_size: int) -> int:
+        """Parameters of the query path (q_a_proj, its norm, q_b_proj; or q_proj), kv_a_proj_with_mqa,
+        kv_a_layernorm, kv_b_proj and o_proj -- DeepseekV3Attention's, without biases."""
+        heads, rank = self.num_heads, self.kv_lora_rank
+        q_dim = heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        q_lora = self.q_lora_rank
+        q = hidden_size * q_dim if q_lora is None else hidden_size * q_lora + q_lora + q_lora * q_dim
+        kv = hidden_size * (rank + self.qk_rope_head_dim) + rank
+        kv += rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        return q + kv + heads * self.v_head_dim * hidden_size
 
 
 Attention = StandardAttention | MlaAttention
