@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from kvcalc.errors import SpecError, UnknownModelError
+from kvcalc.load import parse_data, read_text
 from kvcalc.spec import ModelSpec
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -50,27 +51,15 @@ def resolve(model: str) -> ModelSpec:
 
 
 def load_spec_file(path: Path, name: str | None = None) -> ModelSpec:
-    if path.is_dir():
-        raise SpecError(f"{path}: is a folder, not a spec file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UnknownModelError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a text file (it is not valid UTF-8)") from None
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_spec(text, str(path), name)
+    """A spec from a file a user gives (size-capped, strictly parsed: see ``load.py``)."""
+    return parse_spec(read_text(path), str(path), name)
 
 
 def parse_spec(text: str, origin: str, name: str | None = None) -> ModelSpec:
     """A spec from text, by content: a kvcalc spec, a Hugging Face config.json, or a DeepSeek
     reference config. ``origin`` names the file in error messages; ``name`` overrides the name an
     imported config gets from its path."""
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{origin}: {_yaml_problem(e)}") from None
+    data = parse_data(text, origin)
     if not isinstance(data, dict):
         raise SpecError(
             f"{origin}: expected a mapping of spec fields, got {type(data).__name__} {data!r:.40}"
@@ -78,9 +67,9 @@ def parse_spec(text: str, origin: str, name: str | None = None) -> ModelSpec:
     from kvcalc import hf  # config import and pydantic: only for files a user gives
 
     if hf.is_hf_config(data):
-        return hf.spec_from_hf(data, origin, name or hf.name_from_origin(origin))
+        return hf.spec_from_hf(data, origin, hf.name_from_origin(origin) if name is None else name)
     if hf.is_reference_config(data):
-        return hf.spec_from_reference(data, origin, name or hf.name_from_origin(origin))
+        return hf.spec_from_reference(data, origin, hf.name_from_origin(origin) if name is None else name)
     if name is not None:
         data = {**data, "name": name}
     from kvcalc.schema import validate_spec
@@ -98,10 +87,3 @@ def _is_spec(entry) -> bool:
 
 def _looks_like_path(model: str) -> bool:
     return "/" in model or "\\" in model or model.endswith(_SPEC_SUFFIXES) or Path(model).exists()
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return f"{where}malformed YAML ({problem})"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import ModelSpec, StandardAttention
+from kvcalc.spec import MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_TOKENS, ModelSpec, StandardAttention
 
 _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
@@ -37,6 +37,16 @@ _QKV_BIAS = {"qwen2", "qwen2_moe"}
 _QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
 _FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+_BOUNDS = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_nextn_predict_layers",
+                     "max_window_layers", "first_k_dense_replace", "sliding_window_pattern"), MAX_LAYERS),
+    **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "num_key_value_heads",
+                     "num_kv_heads", "n_head_kv", "n_routed_experts", "num_local_experts", "num_experts",
+                     "n_shared_experts"), MAX_HEADS),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window"), MAX_TOKENS),
+}
+"""Upper bounds of the integer fields read; any other (dimensions, vocabulary, MLP widths) is at
+most ``MAX_DIM``. Every count is at least 1 unless read with ``low=0`` (0 means none)."""
 
 
 def is_hf_config(data: dict) -> bool:
@@ -49,8 +59,13 @@ def is_reference_config(data: dict) -> bool:
 
 def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     """A spec from a Hugging Face config.json (``origin`` names it in errors)."""
-    cfg = _Config(data.get("text_config") or data, origin)
-    model_type = str(cfg.raw.get("model_type") or data.get("model_type") or "")
+    text_config = data.get("text_config")
+    if text_config is not None and not isinstance(text_config, dict):
+        raise SpecError(f"{origin}: text_config: {_show(text_config)}: expected a mapping")
+    cfg = _Config(text_config or data, origin)
+    model_type = cfg.raw.get("model_type") or data.get("model_type") or ""
+    if not isinstance(model_type, str):
+        raise SpecError(f"{origin}: model_type: {_show(model_type)}: expected a string")
     cfg.defaults = FAMILY_DEFAULTS.get(model_type, {})
     layers = cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
     hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
@@ -66,7 +81,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "num_layers": layers,
         "hidden_size": hidden,
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
-        "mtp_layers": cfg.optional_int("num_nextn_predict_layers") or 0,
+        "mtp_layers": cfg.optional_int("num_nextn_predict_layers", low=0) or 0,
         "attention": attention,
         **_windows(cfg, model_type, layers),
     }
@@ -78,7 +93,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
 def spec_from_reference(data: dict, origin: str, name: str) -> ModelSpec:
     """A spec from DeepSeek's reference ``inference/configs/config_*.json`` (``ModelArgs``)."""
     cfg = _Config(data, origin)
-    q_lora = cfg.optional_int("q_lora_rank") or None  # 0 means a plain query projection
+    q_lora = cfg.optional_int("q_lora_rank", low=0) or None  # 0 means a plain query projection
     attention = {
         "kind": "mla",
         "num_heads": cfg.first_int("n_heads"),
@@ -115,10 +130,11 @@ class _Config:
             raise SpecError(f"{self.origin}: {keys[0]}: required field is missing")
         return value
 
-    def optional_int(self, *keys: str) -> int | None:
+    def optional_int(self, *keys: str, low: int = 1) -> int | None:
+        """The first of ``keys`` present, an integer from ``low`` to its bound (``_BOUNDS``)."""
         for key in keys:
             if self.raw.get(key) is not None:
-                return self._int(key, self.raw[key])
+                return self._int(key, self.raw[key], low)
         for key in keys:
             if key in self.defaults:
                 value = self.defaults[key]
@@ -138,9 +154,12 @@ class _Config:
     def assume(self, text: str) -> None:
         self.assumptions.append(text)
 
-    def _int(self, key: str, value: Any) -> int:
+    def _int(self, key: str, value: Any, low: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{self.origin}: {key}: {value!r}: expected an integer")
+            raise SpecError(f"{self.origin}: {key}: {_show(value)}: expected an integer")
+        high = _BOUNDS.get(key, MAX_DIM)
+        if not low <= value <= high:
+            raise SpecError(f"{self.origin}: {key}: {value}: must be from {low} to {high:,}")
         return value
 
 
@@ -197,15 +216,15 @@ def _windows(cfg: _Config, model_type: str, layers: int) -> dict:
     if model_type in _SLIDING_GATED:
         if not cfg.flag("use_sliding_window"):
             return {}
-        first = cfg.optional_int("max_window_layers") or 0
+        first = cfg.optional_int("max_window_layers", low=0) or 0
         kinds = tuple("sliding" if i >= first else "full" for i in range(layers))
         return {"sliding_window": window, "layer_types": kinds}
     return {"sliding_window": window, "layer_pattern": ("sliding",)}
 
 
 def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
-    if not isinstance(types, list):
-        raise SpecError(f"{cfg.origin}: layer_types: {types!r:.40}: expected a list")
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise SpecError(f"{cfg.origin}: layer_types: {_show(types)}: expected a list of strings")
     unknown = sorted({t for t in types if t not in _LAYER_TYPES}, key=str)
     if unknown:
         raise SpecError(
@@ -267,14 +286,19 @@ def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:
     if not experts:
         return lambda i: dense
     expert_inter = cfg.optional_int("moe_intermediate_size") or inter
-    shared = (cfg.optional_int("n_shared_experts") or 0) * 3 * hidden * expert_inter
+    shared = (cfg.optional_int("n_shared_experts", low=0) or 0) * 3 * hidden * expert_inter
     shared_inter = cfg.optional_int("shared_expert_intermediate_size")
     if shared_inter:  # Qwen2-MoE: one shared expert with its own width and a sigmoid gate
         shared = 3 * hidden * shared_inter + hidden
     bias = experts if cfg.raw.get("topk_method") == "noaux_tc" else 0  # e_score_correction_bias
     moe = experts * 3 * hidden * expert_inter + shared + hidden * experts + bias
-    first_dense = cfg.optional_int("first_k_dense_replace") or 0
+    first_dense = cfg.optional_int("first_k_dense_replace", low=0) or 0
     return lambda i: dense if i < first_dense else moe
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _display_name(data: dict, name: str) -> str:

@@ -13,10 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import LayerKind, ModelSpec
+from kvcalc.spec import BOUNDS, MAX_LAYERS, LayerKind, ModelSpec
 
-Count = Annotated[int, Field(strict=True, gt=0)]
-"""A strictly positive integer: a YAML ``"32"`` or ``32.0`` is a wrong-typed field."""
+
+def _size(field: str, low: int = 1) -> Any:
+    """An integer from ``low`` to the field's bound (``spec.BOUNDS``): ``"32"`` or ``32.0`` is a
+    wrong-typed field."""
+    return Annotated[int, Field(strict=True, ge=low, le=BOUNDS[field])]
 
 
 class _Frozen(BaseModel):
@@ -25,35 +28,35 @@ class _Frozen(BaseModel):
 
 class StandardAttentionFile(_Frozen):
     kind: Literal["standard"]
-    num_heads: Count
-    num_kv_heads: Count
-    head_dim: Count
-    v_head_dim: Count | None = None
+    num_heads: _size("num_heads")
+    num_kv_heads: _size("num_kv_heads")
+    head_dim: _size("head_dim")
+    v_head_dim: _size("v_head_dim") | None = None
 
 
 class MlaAttentionFile(_Frozen):
     kind: Literal["mla"]
-    num_heads: Count
-    q_lora_rank: Count | None
-    kv_lora_rank: Count
-    qk_nope_head_dim: Count
-    qk_rope_head_dim: Count
-    v_head_dim: Count
+    num_heads: _size("num_heads")
+    q_lora_rank: _size("q_lora_rank") | None
+    kv_lora_rank: _size("kv_lora_rank")
+    qk_nope_head_dim: _size("qk_nope_head_dim")
+    qk_rope_head_dim: _size("qk_rope_head_dim")
+    v_head_dim: _size("v_head_dim")
 
 
 class ModelSpecFile(_Frozen):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     display_name: Annotated[str, Field(min_length=1)]
     source: str | None = None
-    num_layers: Count
-    hidden_size: Count
-    params: Count | None = None
-    max_position_embeddings: Count | None = None
-    mtp_layers: Annotated[int, Field(strict=True, ge=0)] = 0
+    num_layers: _size("num_layers")
+    hidden_size: _size("hidden_size")
+    params: _size("params") | None = None
+    max_position_embeddings: _size("max_position_embeddings") | None = None
+    mtp_layers: _size("mtp_layers", low=0) = 0
     attention: Annotated[StandardAttentionFile | MlaAttentionFile, Field(discriminator="kind")]
-    sliding_window: Count | None = None
-    layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1)] | None = None
-    layer_types: tuple[LayerKind, ...] | None = None
+    sliding_window: _size("sliding_window") | None = None
+    layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1, max_length=MAX_LAYERS)] | None = None
+    layer_types: Annotated[tuple[LayerKind, ...], Field(max_length=MAX_LAYERS)] | None = None
     assumptions: tuple[str, ...] = ()
 
 

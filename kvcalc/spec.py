@@ -24,10 +24,28 @@ class LayerKind(StrEnum):
     SLIDING = "sliding"
 
 
+MAX_LAYERS = 10_000
+MAX_HEADS = 1 << 16
+MAX_DIM = 1 << 20
+MAX_TOKENS = 1 << 36
+MAX_PARAMS = 10**16
+BOUNDS: dict[str, int] = {
+    "num_layers": MAX_LAYERS, "mtp_layers": MAX_LAYERS,
+    "num_heads": MAX_HEADS, "num_kv_heads": MAX_HEADS,
+    "hidden_size": MAX_DIM, "head_dim": MAX_DIM, "v_head_dim": MAX_DIM, "q_lora_rank": MAX_DIM,
+    "kv_lora_rank": MAX_DIM, "qk_nope_head_dim": MAX_DIM, "qk_rope_head_dim": MAX_DIM,
+    "sliding_window": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
+    "params": MAX_PARAMS,
+}
+"""The largest value each size may take: far above any real model (the largest have ~200 layers,
+128 heads, hidden sizes near 25k, 10M positions), low enough that no input makes kvcalc build a
+billion-entry layer list or a number no float can show."""
+
+
 def _check_positive(**values: int | None) -> None:
     for name, value in values.items():
-        if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{name}: {value!r} must be a positive integer")
+        if value is not None and (type(value) is not int or not 1 <= value <= BOUNDS[name]):
+            raise ValueError(f"{name}: {value!r} must be an integer from 1 to {BOUNDS[name]:,}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +160,8 @@ class ModelSpec:
         _check_positive(num_layers=self.num_layers, hidden_size=self.hidden_size,
                         params=self.params, max_position_embeddings=self.max_position_embeddings,
                         sliding_window=self.sliding_window)
-        if type(self.mtp_layers) is not int or self.mtp_layers < 0:
-            raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be 0 or more")
+        if type(self.mtp_layers) is not int or not 0 <= self.mtp_layers <= MAX_LAYERS:
+            raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be an integer from 0 to {MAX_LAYERS:,}")
         for key in ("layer_pattern", "layer_types"):
             kinds = getattr(self, key)
             if kinds is not None:
@@ -168,6 +186,12 @@ class ModelSpec:
             raise ValueError(
                 f"sliding_window is {self.sliding_window} but no layer is sliding "
                 "(add layer_pattern: [sliding] for every layer)"
+            )
+        positions = self.max_position_embeddings
+        if self.sliding_window is not None and positions is not None and self.sliding_window > positions:
+            raise ValueError(
+                f"sliding_window {self.sliding_window:,} exceeds max_position_embeddings {positions:,}: "
+                "such a layer never slides (list it as full)"
             )
 
     @property

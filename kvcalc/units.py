@@ -6,9 +6,10 @@ import re
 from fractions import Fraction
 
 from kvcalc.errors import OptionError
+from kvcalc.spec import MAX_TOKENS
 
 _TOKEN_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
-_TOKENS = re.compile(r"(\d+(?:\.\d+)?)([km]?)", re.IGNORECASE)
+_TOKENS = re.compile(r"(\d{1,15}(?:\.\d{1,15})?)([km]?)", re.IGNORECASE)
 
 
 def parse_tokens(text: str, option: str = "--seq") -> int:
@@ -19,6 +20,8 @@ def parse_tokens(text: str, option: str = "--seq") -> int:
     count = Fraction(match[1]) * _TOKEN_SUFFIX[match[2].lower()]
     if count.denominator != 1 or count < 1:
         raise OptionError(f"{option}: {text!r} is not a whole, positive number of tokens")
+    if count > MAX_TOKENS:
+        raise OptionError(f"{option}: {text!r} is more than {humanize_tokens(MAX_TOKENS)} tokens")
     return int(count)
 
 
@@ -36,14 +39,13 @@ def humanize_bytes(n: int) -> str:
         return "-" + humanize_bytes(-n)
     if n < 1024:
         return f"{n} B"
-    value = Fraction(n)
-    unit = 0
-    while value >= 1024 and unit < len(_BINARY_UNITS) - 1:
-        value /= 1024
-        unit += 1
-    shown = float(value)
-    digits = 2 if shown < 10 else 1 if shown < 100 else 0
-    return f"{shown:.{digits}f} {_BINARY_UNITS[unit]}"
+    unit = min((n.bit_length() - 1) // 10, len(_BINARY_UNITS) - 1)
+    value = Fraction(n, 1 << (10 * unit))
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    scaled = round(value * 10**digits)  # integers only: any size, no float overflow
+    if digits == 0:
+        return f"{scaled} {_BINARY_UNITS[unit]}"
+    return f"{scaled // 10**digits}.{scaled % 10**digits:0{digits}d} {_BINARY_UNITS[unit]}"
 
 
 def humanize_tokens(n: int) -> str:
@@ -66,7 +68,7 @@ _BYTE_UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
 }
-_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+_BYTES = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*([a-z]*)", re.IGNORECASE)
 
 
 def parse_bytes(text: str, option: str) -> int:
