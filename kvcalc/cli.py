@@ -6,14 +6,16 @@ on stderr and exit status 2, in ``main``; ``--debug`` shows the traceback instea
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from kvcalc import __version__, views
 from kvcalc.analytic import Layout, Options, compare, footprint, mha_equivalent
@@ -22,8 +24,8 @@ from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
 from kvcalc.parallel import Parallel
-from kvcalc.render import OutputFormat, render, render_lines
-from kvcalc.spec import MlaAttention, ModelSpec
+from kvcalc.render import OutputFormat, render, render_lines, terminal_width
+from kvcalc.spec import MAX_LAYERS, MAX_TOKENS, NAME_PATTERN, MlaAttention, ModelSpec
 from kvcalc.units import (
     humanize_tokens,
     parse_bytes,
@@ -31,10 +33,39 @@ from kvcalc.units import (
     parse_tokens,
 )
 
+
+class _OnceCommand(TyperCommand):
+    """A command whose options each take one value: ``--seq 4k --seq 8k`` is an error, not 8k."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        names = {
+            opt: param
+            for param in self.params
+            if isinstance(param, typer.core.TyperOption) and not (param.multiple or param.is_flag)
+            for opt in param.opts
+        }
+        seen: dict[str, str] = {}
+        tokens = list(itertools.takewhile(lambda t: t != "--", args))
+        for i, token in enumerate(tokens):
+            name, equals, value = token.partition("=")
+            param = names.get(name)
+            if param is None:
+                continue
+            value = value if equals else (tokens[i + 1] if i + 1 < len(tokens) else "")
+            if param.name in seen:
+                hint = "; a comma-separated list takes several" if param.name == "seq" else ""
+                raise typer.BadParameter(
+                    f"given twice ({seen[param.name]!r}, then {value!r}): give it once{hint}",
+                    ctx=ctx, param=param,
+                )
+            seen[param.name] = value
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="kvcalc",
     help="Exact KV-cache memory for MHA, GQA, MQA and MLA models.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -55,28 +86,35 @@ LayoutOpt = Annotated[
     Layout | None,
     typer.Option(
         "--layout",
-        help="MLA cache layout for engine-neutral figures [default: latent]. Engines fix their own.",
+        help="MLA cache layout for engine-neutral figures \\[default: latent]. Engines fix their own.",
     ),
 ]
 EngineOpt = Annotated[
     str | None,
     typer.Option(
         "--engine",
-        help=f"Engine rules: {', '.join(engine_names())} [default: engine-neutral ideal].",
+        help=f"Engine rules: {', '.join(engine_names())} \\[default: engine-neutral ideal].",
     ),
 ]
+MAX_GPUS = 1 << 16
+MAX_BATCH = 1 << 24
 BlockSizeOpt = Annotated[
-    int | None, typer.Option("--block-size", help="Tokens per page (overrides the engine's).")
+    int | None,
+    typer.Option("--block-size", min=1, max=MAX_TOKENS, help="Tokens per page (overrides the engine's)."),
 ]
-TpOpt = Annotated[int, typer.Option("--tp", help="Tensor-parallel GPUs.")]
-PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel stages.")]
-DcpOpt = Annotated[int, typer.Option("--dcp", help="Decode-context-parallel ways (divides --tp).")]
+TpOpt = Annotated[int, typer.Option("--tp", min=1, max=MAX_GPUS, help="Tensor-parallel GPUs.")]
+PpOpt = Annotated[int, typer.Option("--pp", min=1, max=MAX_GPUS, help="Pipeline-parallel stages.")]
+DcpOpt = Annotated[
+    int, typer.Option("--dcp", min=1, max=MAX_GPUS, help="Decode-context-parallel ways (divides --tp).")
+]
 DpAttentionOpt = Annotated[
     int,
-    typer.Option("--dp-attention", help="Data-parallel attention groups within --tp."),
+    typer.Option("--dp-attention", min=1, max=MAX_GPUS, help="Data-parallel attention groups within --tp."),
 ]
+BatchOpt = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="Concurrent sequences.")]
 MtpOpt = Annotated[
-    bool, typer.Option("--mtp", help="Also cache the model's multi-token-prediction layers.")
+    bool,
+    typer.Option("--mtp", metavar="", help="Also cache the model's multi-token-prediction layers."),
 ]
 
 
@@ -88,35 +126,37 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version."),
+        typer.Option("--version", metavar="", callback=_print_version, is_eager=True,
+                     help="Print the version."),
     ] = False,
 ) -> None:
     """Exact KV-cache memory for MHA, GQA, MQA and MLA models."""
 
 
-@app.command("list")
+@app.command("list", cls=_OnceCommand)
 def list_models(
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
     """List the bundled models with their bf16 cache per token."""
     rows = [(s, footprint(s, Options(seq_len=1))) for s in bundled_specs()]
-    _emit(render(views.LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)"), output)
+    _emit(render(views.LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)",
+                 width=_width(output)), output)
 
 
-@app.command()
+@app.command(cls=_OnceCommand)
 def show(
     model: ModelArg,
     explain_: Annotated[
-        bool, typer.Option("--explain", help="Derive every figure from the model's numbers.")
+        bool, typer.Option("--explain", metavar="", help="Derive every figure from the model's numbers.")
     ] = False,
     seq: Annotated[
         str | None, typer.Option("--seq", help="Also total the cache at this many tokens (4k).")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    batch: BatchOpt = 1,
     kv_dtype: KvDtypeOpt = "bf16",
     layout: LayoutOpt = None,
     mtp: MtpOpt = False,
@@ -141,21 +181,21 @@ def show(
     if fmt is OutputFormat.JSON:
         text = json.dumps(views.show_document(spec, fp, mha, lines, seq_len is not None), indent=2) + "\n"
     elif explain_ and fmt is not OutputFormat.CSV:
-        text = render_lines(lines, fmt)
+        text = render_lines(lines, fmt, width=_width(output))
     else:
         columns = views.PART_COLUMNS if seq_len else views.PART_COLUMNS_PER_TOKEN
         notes = views.show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
-        text = render(columns, fp.parts, fmt, title=lines[0], notes=notes)
-    _emit(text, output)
+        text = render(columns, fp.parts, fmt, title=lines[0], notes=notes, width=_width(output))
+    _emit(text, output, inputs=[model])
 
 
-@app.command("compare")
+@app.command("compare", cls=_OnceCommand)
 def compare_models(
     models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
     seq: Annotated[
         str, typer.Option("--seq", help="Comma-separated token counts: 4096, 4k, 128k, 1M.")
     ] = "4k,32k,128k",
-    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    batch: BatchOpt = 1,
     kv_dtype: KvDtypeOpt = "bf16",
     layout: LayoutOpt = None,
     mtp: MtpOpt = False,
@@ -177,27 +217,35 @@ def compare_models(
         for spec in specs
         for n in seq_lens
     ]
-    title = views.compare_title(rows[0].footprint, layout)
+    any_mla = any(isinstance(s.attention, MlaAttention) for s in specs)
+    title = views.compare_title(rows[0].footprint, layout, any_mla)
     notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
-    _emit(render(views.COMPARE_COLUMNS, rows, fmt, title=title, notes=notes), output)
+    columns = views.compare_columns(rows)
+    _emit(render(columns, rows, fmt, title=title, notes=notes, width=_width(output)), output, inputs=models)
 
 
-@app.command()
+@app.command(cls=_OnceCommand)
 def measure(
     models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
     seq: Annotated[str, typer.Option("--seq", help="Comma-separated token counts.")] = "4k",
-    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    batch: BatchOpt = 1,
     kv_dtype: Annotated[
         str, typer.Option("--kv-dtype", help="Cache dtype: fp32, bf16, fp16, fp8, fp8_e4m3, fp8_e5m2.")
     ] = "bf16",
     layout: Annotated[
         str, typer.Option("--layout", help="MLA layouts, comma-separated: latent, decompressed.")
     ] = "latent",
-    layers: Annotated[int, typer.Option("--layers", help="Real layers built per layer kind.")] = 1,
-    decode_steps: Annotated[int, typer.Option("--decode-steps", help="Decode steps timed.")] = 8,
+    layers: Annotated[
+        int, typer.Option("--layers", min=1, max=MAX_LAYERS, help="Real layers built per layer kind.")
+    ] = 1,
+    decode_steps: Annotated[
+        int, typer.Option("--decode-steps", min=0, max=1 << 20, help="Decode steps timed.")
+    ] = 8,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda.")] = "auto",
     tp: Annotated[
-        int, typer.Option("--tp", help="Tensor-parallel ranks (torch.distributed; joins torchrun).")
+        int,
+        typer.Option("--tp", min=1, max=MAX_GPUS,
+                     help="Tensor-parallel ranks (torch.distributed; joins torchrun)."),
     ] = 1,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
@@ -211,7 +259,7 @@ def measure(
         for n in parse_token_list(seq)
         for lay in (layouts if isinstance(spec.attention, MlaAttention) else layouts[:1])
     ]
-    from kvcalc import measure as m  # torch: only here
+    m = _measure_module()
 
     options = [
         m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps, tp) for r in runs
@@ -244,7 +292,7 @@ def measure(
     ranks = f", tp {tp}: one row per rank, bytes per GPU" if tp > 1 else ""
     title = (f"Measured on {where}, {kv_dtype} cache, batch {batch}{ranks}; "
              "model totals scaled from the layers")
-    _emit(render(columns, rows, fmt, title=title, notes=notes), output)
+    _emit(render(columns, rows, fmt, title=title, notes=notes, width=_width(output)), output, inputs=models)
     if any(r.error or not r.match for r in rows):
         raise typer.Exit(1)
 
@@ -261,16 +309,18 @@ MemUtilOpt = Annotated[
 ]
 ReserveOpt = Annotated[
     str | None,
-    typer.Option("--reserve", help="Activations and runtime per GPU [default: per engine, see README]."),
+    typer.Option("--reserve", help="Activations and runtime per GPU \\[default: per engine, see README]."),
 ]
 
 
-@app.command("fit")
+@app.command("fit", cls=_OnceCommand)
 def fit_command(
     model: ModelArg,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs in all (tp x pp).")] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", min=1, max=MAX_GPUS, help="GPUs in all (tp x pp).")
+    ] = None,
     seq: Annotated[str, typer.Option("--seq", help="Context per sequence for concurrency.")] = "128k",
     kv_dtype: KvDtypeOpt = "bf16",
     weights_dtype: WeightsDtypeOpt = "bf16",
@@ -302,18 +352,21 @@ def fit_command(
     else:
         title = (f"{result.display_name} on {result.gpus} x {result.gpu}, {result.engine}, "
                  f"KV {result.kv_dtype}, weights {result.weights_dtype}")
-        text = render(views.BREAKDOWN_COLUMNS, views.breakdown(result), fmt, title=title, notes=result.notes)
-    _emit(text, output)
+        text = render(views.BREAKDOWN_COLUMNS, views.breakdown(result), fmt, title=title, notes=result.notes,
+                      width=_width(output))
+    _emit(text, output, inputs=[model])
+    if not result.weights_fit or result.max_tokens == 0:
+        raise typer.Exit(1)  # printed, but nothing fits
 
 
-@app.command()
+@app.command(cls=_OnceCommand)
 def plot(
     models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Chart file: .png or .svg.")],
     seq_max: Annotated[str, typer.Option("--seq-max", help="Longest context plotted.")] = "1M",
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
-    batch: Annotated[int, typer.Option("--batch", help="Concurrent sequences.")] = 1,
+    batch: BatchOpt = 1,
     kv_dtype: KvDtypeOpt = "bf16",
     weights_dtype: WeightsDtypeOpt = "bf16",
     layout: LayoutOpt = None,
@@ -346,12 +399,30 @@ def plot(
         series.append(Series(spec.display_name, curve(spec, options), budget))
     where = f" on {gpu_name}, dashed: KV budget after {weights_dtype} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"
-    write_atomic(output, render_plot(series, top, output, title, batch))
+    _write_file(output, render_plot(series, top, output, title, batch), inputs=models)
+
+
+def _measure_module():
+    """``kvcalc.measure``, which imports torch: only ``measure`` pays for it, and says what to
+    install when it is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise KvcalcError(
+            f"kvcalc measure needs PyTorch ({e}): pip install 'kvcalc[measure]', or a torch build "
+            "for your machine first (https://pytorch.org/get-started/locally/)"
+        ) from None
+    from kvcalc import measure
+
+    return measure
 
 
 def _gpu_memory(gpu: str | None, gpu_mem: str | None) -> tuple[str, int]:
     if gpu_mem is not None:
-        return (gpu or gpu_mem), parse_bytes(gpu_mem, "--gpu-mem")
+        memory = parse_bytes(gpu_mem, "--gpu-mem")
+        if memory < 1:
+            raise OptionError(f"--gpu-mem: {gpu_mem!r}: a GPU needs some memory")
+        return (gpu or gpu_mem), memory
     if gpu is None:
         raise OptionError("--gpu or --gpu-mem: say which GPU (e.g. --gpu h200 or --gpu-mem 80GiB)")
     from kvcalc.hardware import get_gpu
@@ -389,13 +460,13 @@ def _with_progress(jobs: list, run) -> list:
     return results
 
 
-@app.command("import")
+@app.command("import", cls=_OnceCommand)
 def import_config(
     config: Annotated[
         Path, typer.Argument(help="A Hugging Face config.json or DeepSeek reference config.")
     ],
     name: Annotated[
-        str | None, typer.Option("--name", help="Model name [default: from the path].")
+        str | None, typer.Option("--name", help="Model name \\[default: from the path].")
     ] = None,
     fmt: Annotated[views.SpecFormat, typer.Option("--format", "-f", help="Spec file format.")] = (
         views.SpecFormat.YAML
@@ -403,35 +474,32 @@ def import_config(
     output: OutputOpt = None,
 ) -> None:
     """Write the kvcalc spec a config describes, to keep and edit (kvcalc show reads it back)."""
+    if name is not None and not NAME_PATTERN.match(name):
+        raise OptionError(f"--name: {name!r}: use lowercase letters, digits, '.', '_', '-' (first a letter "
+                          "or digit)")
     spec = load_spec_file(config, name)
-    _emit(views.spec_text(spec, fmt, origin=str(config)), output)
+    _emit(views.spec_text(spec, fmt, origin=str(config)), output, inputs=[str(config)])
 
 
-def _emit(text: str, output: Path | None) -> None:
-    """Write ``text`` to stdout, or to ``output`` through a temporary file and a rename."""
-    if output is None:
+def _width(output: Path | None) -> int | None:
+    """The terminal's columns for text shown on stdout (``render.terminal_width``); a file written
+    with ``--output`` is never wrapped."""
+    return terminal_width() if output is None or str(output) == "-" else None
+
+
+def _emit(text: str, output: Path | None, inputs: list[str] = ()) -> None:
+    """Write ``text`` to stdout (no ``--output``, or ``-o -``), or to the file ``output``."""
+    if output is None or str(output) == "-":
         sys.stdout.write(text)
         return
-    write_atomic(output, text.encode("utf-8"))
+    _write_file(output, text.encode("utf-8"), inputs)
 
 
-def write_atomic(output: Path, data: bytes) -> None:
-    """Write ``data`` to ``output`` through a temporary file and a rename: never a partial file."""
-    if output.is_dir():
-        raise OptionError(f"--output: {output} is a folder")
-    folder = output.parent
-    if not folder.is_dir():
-        raise OptionError(f"--output: folder {folder} does not exist")
-    import tempfile  # only when writing a file: keeps start-up lean
+def _write_file(output: Path, data: bytes, inputs: list[str]) -> None:
+    """``data`` to ``output`` by the rules of ``output.py`` (never a partial file, never an input)."""
+    from kvcalc.output import write_output
 
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_output(data, output, [Path(i) for i in inputs if Path(i).exists()])
     typer.echo(f"kvcalc: wrote {output}", err=True)
 
 
@@ -439,8 +507,11 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point. Every error a user can act on is one line on stderr:
     domain errors and unreadable files exit 2, as do usage errors (``--batch 0``)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = app(args=args, prog_name="kvcalc", standalone_mode=False)
+    except Interrupted as e:  # Ctrl-C or SIGTERM, after every ``finally`` on the way has run
+        _fail(args, e, "interrupted" if e.signum == signal.SIGINT else "terminated", 128 + e.signum)
     except KvcalcError as e:
         _fail(args, e, str(e), 2)
     except OSError as e:
@@ -449,8 +520,36 @@ def main(argv: list[str] | None = None) -> None:
         if not hasattr(e, "format_message"):  # a bug: show it whole
             raise
         # The CLI library's usage errors (bad option values, unknown commands).
-        _fail(args, e, e.format_message(), getattr(e, "exit_code", 2))
+        _fail(args, e, _usage_message(e), getattr(e, "exit_code", 2))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the process is so that every ``finally`` runs (temporary
+    files, spawned ranks). Not a KeyboardInterrupt: the CLI library would swallow that."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _usage_message(error: Exception) -> str:
+    """The CLI library's message, with the value it refused when it leaves it out (typer checks
+    values with pydantic, whose error carries the input)."""
+    message = error.format_message().replace("Value error, ", "")
+    errors = getattr(error.__cause__, "errors", None)
+    if callable(errors):
+        value = errors()[0].get("input")
+        if value is not None and repr(value) not in message:
+            message += f" (got {value!r})"
+    return message
 
 
 def _fail(args: list[str], error: Exception, message: str, status: int) -> None:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,8 +60,13 @@ def render(
     *,
     title: str | None = None,
     notes: Sequence[str] = (),
+    width: int | None = None,
 ) -> str:
-    """Text of ``rows`` in ``fmt``. ``title`` and ``notes`` appear in human formats only."""
+    """Text of ``rows`` in ``fmt``. ``title`` and ``notes`` appear in human formats only.
+
+    ``width`` (terminal columns) limits the table format only: text cells and headers wrap onto
+    more lines, numbers never do. ``None`` means no limit.
+    """
     rows = list(rows)
     if fmt is OutputFormat.JSON:
         return json.dumps([_record(columns, r) for r in rows], indent=2) + "\n"
@@ -67,13 +76,36 @@ def render(
     cells = [[_human(c, r) for c in shown] for r in rows]
     if fmt is OutputFormat.MARKDOWN:
         return _markdown(shown, cells, title, notes)
-    return _table(shown, cells, title, notes)
+    return _table(shown, cells, title, notes, width)
 
 
-def render_lines(lines: Sequence[str], fmt: OutputFormat) -> str:
-    """Free text (an explanation) in a human format: plain, or fenced for Markdown."""
-    body = "\n".join(lines) + "\n"
-    return f"```\n{body}```\n" if fmt is OutputFormat.MARKDOWN else body
+def render_lines(lines: Sequence[str], fmt: OutputFormat, width: int | None = None) -> str:
+    """Free text (an explanation) in a human format: plain, or fenced for Markdown.
+
+    In plain text, a line longer than ``width`` wraps; its continuation lines are indented two
+    spaces past the line's own indent. Markdown ignores ``width``.
+    """
+    if fmt is OutputFormat.MARKDOWN:
+        return "```\n" + "\n".join(lines) + "\n```\n"
+    return "".join(line + "\n" for text in lines for line in _wrap(text, width, hanging=True))
+
+
+def terminal_width() -> int | None:
+    """Columns to render for, or ``None`` for no limit.
+
+    The ``COLUMNS`` environment variable when it is a positive integer (anything else counts as
+    unset); else the terminal's width when stdout is a terminal; else ``None``: output to a pipe
+    or a file is never wrapped.
+    """
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    if sys.stdout is not None and sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
 
 
 def _record(columns: Sequence[Column], row: Any) -> dict[str, Any]:
@@ -91,6 +123,9 @@ def _csv(columns: Sequence[Column], rows: list[Any]) -> str:
 
 
 def _plain(value: Any) -> Any:
+    """A CSV field: booleans as JSON writes them, None as empty."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "" if value is None else value
 
 
@@ -121,20 +156,93 @@ def _markdown(columns: list[Column], cells: list[list[str]], title: str | None, 
     return "\n".join(lines) + "\n"
 
 
-def _table(columns: list[Column], cells: list[list[str]], title: str | None, notes) -> str:
-    """An aligned plain-text table: a header, a rule, the rows, then the notes."""
-    widths = [max([len(c.title), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+def _table(columns: list[Column], cells: list[list[str]], title: str | None, notes, width: int | None) -> str:
+    """An aligned plain-text table: a header, a rule, the rows, then the notes.
+
+    Within ``width``, columns are two spaces apart instead of three, then headers wrap
+    bottom-aligned and text cells top-aligned; numbers never wrap.
+    """
+    natural = [max([len(c.title), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    gap = 3 if width is None or _span(natural, 3) <= width else 2
+    fitted = _fit(columns, cells, natural, gap, width)
+    header = _block([c.title for c in columns], fitted, bottom=True)
+    body = [_block(row, fitted, bottom=False) for row in cells]
+    widths = [max(len(text) for block in (header, *body) for text in block[i]) for i in range(len(columns))]
 
     def line(values: list[str]) -> str:
         padded = (
             v.rjust(w) if _right_aligned(c) else v.ljust(w)
             for c, v, w in zip(columns, values, widths, strict=True)
         )
-        return ("  " + "   ".join(padded)).rstrip()
+        return ("  " + (" " * gap).join(padded)).rstrip()
 
-    lines = [title, ""] if title else []
-    lines += [line([c.title for c in columns]), "─" * (sum(widths) + 3 * len(widths) - 1)]
-    lines += [line(row) for row in cells]
+    lines = [*_wrap(title, width), ""] if title else []
+    lines += [line(values) for values in zip(*header, strict=True)]
+    lines.append("─" * _span(widths, gap))
+    lines += [line(values) for block in body for values in zip(*block, strict=True)]
     if notes:
-        lines += ["", *notes]
+        lines += ["", *(text for note in notes for text in _wrap(note, width, hanging=True))]
     return "\n".join(lines) + "\n"
+
+
+def _span(widths: list[int], gap: int) -> int:
+    """Characters a table line takes: the 2-space indent, the columns and the gaps between them."""
+    return 2 + sum(widths) + gap * (len(widths) - 1)
+
+
+def _fit(columns: list[Column], cells: list[list[str]], natural: list[int], gap: int,
+         width: int | None) -> list[int]:
+    """Column widths within ``width``: the widest column gives up a character, repeatedly.
+
+    No column goes below its minimum (its longest header word, its longest cell for a number,
+    its longest word for text). A table that cannot fit even so is not wrapped at all: it
+    overflows ``width`` at its natural widths, which reads better than a squeezed one.
+    """
+    if width is None or _span(natural, gap) <= width:
+        return natural
+    minimum = [_minimum(c, [row[i] for row in cells]) for i, c in enumerate(columns)]
+    if _span(minimum, gap) > width:
+        return natural
+    widths = list(natural)
+    while _span(widths, gap) > width:
+        widest = max((i for i, w in enumerate(widths) if w > minimum[i]), key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def _minimum(column: Column, cells: list[str]) -> int:
+    """The narrowest a column can wrap to: whole words, and whole numbers."""
+    words = column.title.split()
+    for cell in cells:
+        words += [cell] if _right_aligned(column) else cell.split()
+    return max(map(len, words), default=0)
+
+
+def _block(values: list[str], widths: list[int], *, bottom: bool) -> list[list[str]]:
+    """One row's values wrapped to ``widths`` and padded with blank lines to the same height."""
+    wrapped = [_wrap(v, w) for v, w in zip(values, widths, strict=True)]
+    height = max(map(len, wrapped), default=1)
+    pad = [[""] * (height - len(lines)) for lines in wrapped]
+    if bottom:
+        return [blank + lines for blank, lines in zip(pad, wrapped, strict=True)]
+    return [lines + blank for blank, lines in zip(pad, wrapped, strict=True)]
+
+
+def _wrap(text: str, width: int | None, *, hanging: bool = False) -> list[str]:
+    """``text`` in lines of at most ``width``, never breaking a word; unchanged if it fits.
+
+    With ``hanging``, continuation lines are indented two spaces past the text's own indent.
+    """
+    if width is None or len(text) <= width:
+        return [text]
+    body = text.lstrip(" ")
+    indent = text[: len(text) - len(body)]
+    lines = textwrap.wrap(
+        body,
+        max(width, 1),
+        initial_indent=indent,
+        subsequent_indent=indent + "  " if hanging else indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return lines or [text]

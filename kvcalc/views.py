@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kvcalc.analytic import Comparison, Footprint, Layout
@@ -177,6 +177,14 @@ COMPARE_COLUMNS = (
 )
 
 
+def compare_columns(rows: list[Comparison]) -> tuple[Column, ...]:
+    """``COMPARE_COLUMNS``; the table leaves out "Per GPU" when every row is on one GPU, where it
+    would repeat "KV cache" (CSV and JSON keep ``per_gpu_bytes``)."""
+    if any(_fp(r).gpus > 1 for r in rows):
+        return COMPARE_COLUMNS
+    return tuple(replace(c, human=False) if c.key == "per_gpu_bytes" else c for c in COMPARE_COLUMNS)
+
+
 LIST_COLUMNS = (
     Column("name", "Name", lambda r: r[0].name),
     Column("display_name", "Model", lambda r: r[0].display_name, human=False),
@@ -224,10 +232,10 @@ def _window(spec: ModelSpec) -> str | None:
     return f"{spec.sliding_window:,} on {spec.layer_counts['sliding']}/{spec.num_layers}"
 
 
-def compare_title(fp: Footprint, layout: Layout | None) -> str:
-    """The options every row shares, in one line."""
+def compare_title(fp: Footprint, layout: Layout | None, any_mla: bool) -> str:
+    """The options every row shares, in one line (the MLA layout only when a model has MLA)."""
     where = "engine-neutral" if fp.engine.name == "ideal" else fp.engine.name
-    mla = f", MLA {layout or Layout.LATENT} layout" if fp.engine.name == "ideal" else ""
+    mla = f", MLA {layout or Layout.LATENT} layout" if fp.engine.name == "ideal" and any_mla else ""
     p = fp.parallel
     gpus = "" if p.is_single_gpu else (
         f", tp {p.tp} pp {p.pp} dcp {p.dcp} dp-attention {p.dp_attention} ({fp.gpus} GPUs)"

@@ -41,3 +41,9 @@ def spec_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch):
+    """Golden tables are unwrapped: a COLUMNS exported by the developer's shell must not wrap them."""
+    monkeypatch.delenv("COLUMNS", raising=False)

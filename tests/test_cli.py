@@ -9,12 +9,12 @@ import sys
 COMPARE_TABLE = """\
 KV cache, bf16, engine-neutral, MLA latent layout, batch 1
 
-  Model           Attn   Layout   Tokens   B/token   KV cache    Per GPU   MHA-equiv   vs MHA
-─────────────────────────────────────────────────────────────────────────────────────────────────
-  DeepSeek-V3     MLA    latent       4k    70,272    274 MiB    274 MiB    19.1 GiB   71.1× less
-  DeepSeek-V3     MLA    latent     128k    70,272   8.58 GiB   8.58 GiB     610 GiB   71.1× less
-  Llama-3.1-70B   GQA    kv           4k   327,680   1.25 GiB   1.25 GiB    10.0 GiB   8.0× less
-  Llama-3.1-70B   GQA    kv         128k   327,680   40.0 GiB   40.0 GiB     320 GiB   8.0× less
+  Model           Attn   Layout   Tokens   B/token   KV cache   MHA-equiv   vs MHA
+──────────────────────────────────────────────────────────────────────────────────────
+  DeepSeek-V3     MLA    latent       4k    70,272    274 MiB    19.1 GiB   71.1× less
+  DeepSeek-V3     MLA    latent     128k    70,272   8.58 GiB     610 GiB   71.1× less
+  Llama-3.1-70B   GQA    kv           4k   327,680   1.25 GiB    10.0 GiB   8.0× less
+  Llama-3.1-70B   GQA    kv         128k   327,680   40.0 GiB     320 GiB   8.0× less
 """
 
 
@@ -67,9 +67,9 @@ def test_compare_markdown_to_file(cli, tmp_path):
     assert (status, out) == (0, "")
     assert err == f"kvcalc: wrote {target}\n"
     assert target.read_text().splitlines()[2:5] == [
-        "| Model | Attn | Layout | Tokens | B/token | KV cache | Per GPU | MHA-equiv | vs MHA |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
-        "| DeepSeek-V3 | MLA | decompressed | 128k | 4,997,120 | 610 GiB | 610 GiB | 610 GiB | same |",
+        "| Model | Attn | Layout | Tokens | B/token | KV cache | MHA-equiv | vs MHA |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+        "| DeepSeek-V3 | MLA | decompressed | 128k | 4,997,120 | 610 GiB | 610 GiB | same |",
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["kv.md"]  # no temporary file left behind
 
@@ -84,7 +84,7 @@ def test_failed_compare_leaves_no_output_file(cli, tmp_path):
 
 def test_output_to_a_folder(cli, tmp_path):
     status, _, err = cli("compare", "llama-3.1-8b", "-o", str(tmp_path))
-    assert (status, err) == (2, f"kvcalc: error: --output: {tmp_path} is a folder\n")
+    assert (status, err) == (2, f"kvcalc: error: --output: {tmp_path}: Is a directory\n")
 
 
 def test_show_explain(cli):
