@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -259,25 +262,31 @@ def measure(
         for n in parse_token_list(seq)
         for lay in (layouts if isinstance(spec.attention, MlaAttention) else layouts[:1])
     ]
-    m = _measure_module()
+    with _progress(len(runs)) as bar:
+        bar.describe("loading torch")
+        m = _measure_module()
+        options = [
+            m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps, tp) for r in runs
+        ]
+        for r, o in zip(runs, options, strict=True):
+            m.check_options(o)
+            Parallel(tp=tp).check(r.spec)
+        jobs = [(r.spec, o) for r, o in zip(runs, options, strict=True)]
+        if tp > 1:
+            from kvcalc.distributed import measure_ranks
 
-    options = [
-        m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps, tp) for r in runs
-    ]
-    for r, o in zip(runs, options, strict=True):
-        m.check_options(o)
-        Parallel(tp=tp).check(r.spec)
-    jobs = [(r.spec, o) for r, o in zip(runs, options, strict=True)]
-    if tp > 1:
-        from kvcalc.distributed import measure_ranks
-
-        rows = measure_ranks(jobs, tp, device)
-        if rows is None:  # a torchrun rank other than 0: rank 0 reports
-            return
-        where = rows[0].device.split(":")[0] if rows else device
-    else:
-        where = m.resolve_device(device)
-        rows = _with_progress(jobs, lambda s, o: m.measure(s, o, where))
+            bar.describe(f"measuring on {tp} ranks")
+            rows = measure_ranks(jobs, tp, device)
+            if rows is None:  # a torchrun rank other than 0: rank 0 reports
+                return
+            where = rows[0].device.split(":")[0] if rows else device
+        else:
+            where = m.resolve_device(device)
+            rows = []
+            for spec, o in jobs:
+                label = f"{spec.name} {humanize_tokens(o.seq_len)} {o.layout}"
+                rows.append(m.measure(spec, o, where, report=lambda phase: bar.describe(f"{label}: {phase}")))
+                bar.advance()
     notes = [f"{r.model} at {humanize_tokens(r.seq_len)}: not measured: {r.error}" for r in rows if r.error]
     if tp > 1:  # what the per-GPU figures mean: replication or a split, in words
         for spec in specs:
@@ -399,7 +408,10 @@ def plot(
         series.append(Series(spec.display_name, curve(spec, options), budget))
     where = f" on {gpu_name}, dashed: KV budget after {weights_dtype} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"
-    _write_file(output, render_plot(series, top, output, title, batch), inputs=models)
+    with _progress(1) as bar:
+        bar.describe("drawing the chart")
+        chart = render_plot(series, top, output, title, batch)
+    _write_file(output, chart, inputs=models)
 
 
 def _measure_module():
@@ -445,19 +457,44 @@ def _layout(value: str) -> Layout:
         raise OptionError(f"--layout: {value!r} is not latent or decompressed") from None
 
 
-def _with_progress(jobs: list, run) -> list:
-    """Run jobs with a progress bar on stderr (for sweeps); results in order."""
-    from rich.console import Console
-    from rich.progress import Progress
+class _Bar:
+    """What a long command says it is doing: a phase, and steps done of a total."""
 
-    results = []
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("measuring", total=len(jobs))
-        for spec, options in jobs:
-            progress.update(task, description=f"{spec.name} {humanize_tokens(options.seq_len)}")
-            results.append(run(spec, options))
-            progress.advance(task)
-    return results
+    def __init__(self, progress=None, task=None) -> None:
+        self._progress, self._task = progress, task
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[_Bar]:
+    """A transient progress bar on stderr, drawn only on a terminal (into a pipe or a log it would
+    leave blank lines) and only by torchrun's rank 0; gone when the command prints its result."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal or os.environ.get("RANK", "0") != "0":
+        yield _Bar()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield _Bar(progress, progress.add_task("", total=total))
 
 
 @app.command("import", cls=_OnceCommand)

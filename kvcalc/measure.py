@@ -120,10 +120,12 @@ def check_options(options: MeasureOptions) -> None:
 
 
 def measure(
-    spec: ModelSpec, options: MeasureOptions, device: torch.device, shard: Shard = WHOLE
+    spec: ModelSpec, options: MeasureOptions, device: torch.device, shard: Shard = WHOLE,
+    report: Callable[[str], None] = lambda phase: None,
 ) -> Measurement:
     """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row
-    in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``)."""
+    in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``).
+    ``report`` is told each phase as it starts ("prefill 4,088 tokens", "decode 3/8")."""
     check_options(options)
     parallel = Parallel(tp=options.tp)
     fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
@@ -144,7 +146,7 @@ def measure(
     if shortfall:
         return _replace(base, error=shortfall)
     try:
-        return _run(spec, options, device, kinds, base, shard)
+        return _run(spec, options, device, kinds, base, shard, report)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         if shard.size > 1:
             raise  # the other ranks wait in an all-reduce: stop them all
@@ -162,11 +164,14 @@ def _agreed(shortfall: str | None, device: torch.device) -> str | None:
     return shortfall or ("another rank lacks the memory for this row" if flag.item() else None)
 
 
-def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, shard: Shard) -> Measurement:
+def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, shard: Shard,
+         report: Callable[[str], None]) -> Measurement:
     compute = torch.float32 if options.kv_dtype == "fp32" else torch.bfloat16
     cuda = device.type == "cuda"
+    report(f"building {sum(kinds.values())} layers")
     layers = [(kind, build_layer(spec, kind, options.layout, device, compute, shard))
               for kind, n in kinds.items() for _ in range(n)]
+    report("allocating the caches")
     before = torch.cuda.memory_allocated(device) if cuda else 0
     caches = [layer.allocate_cache(options.batch, options.seq_len, CACHE_DTYPES[options.kv_dtype])
               for _, layer in layers]
@@ -183,10 +188,12 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, 
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
         x = torch.randn(options.batch, prefill, hidden, device=device, dtype=compute)
+        report(f"prefill {prefill:,} tokens")
         prefill_s = timed(lambda: [layer(x) for _, layer in layers], device)
         peak = torch.cuda.max_memory_allocated(device) if cuda else None
         step_times = []
         for pos in range(prefill, options.seq_len):
+            report(f"decode {pos - prefill + 1}/{steps}")
             xt = torch.randn(options.batch, 1, hidden, device=device, dtype=compute)
             step_times.append(timed(lambda: [layer(xt, start_pos=pos) for _, layer in layers], device))
     step = statistics.median(step_times) if step_times else None
