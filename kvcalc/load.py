@@ -62,29 +62,29 @@ def _read_regular(path: Path) -> bytes:
 
 
 def _read_stream(path: Path) -> bytes:
-    """A FIFO or device, opened without waiting for a writer (none: empty) and read until end of
-    file, ``MAX_FILE_BYTES + 1`` bytes, or ``READ_TIMEOUT_S``."""
-    import selectors
+    """A FIFO or device, opened without waiting for a writer (none: end of file at once) and read
+    until end of file, ``MAX_FILE_BYTES + 1`` bytes, or ``READ_TIMEOUT_S``."""
+    import select
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     chunks: list[bytes] = []
     size = 0
     deadline = time.monotonic() + READ_TIMEOUT_S
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while size <= MAX_FILE_BYTES:
+        poller = select.poll()  # unlike epoll, poll takes any file, /dev/zero included
+        poller.register(fd, select.POLLIN)
+        while size <= MAX_FILE_BYTES:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:  # a writer, with nothing written yet
                 left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    raise SpecError(f"{path}: no end of file within {READ_TIMEOUT_S:g} s")
-                try:
-                    chunk = os.read(fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+                if left <= 0 or not poller.poll(left * 1000):
+                    raise SpecError(f"{path}: no end of file within {READ_TIMEOUT_S:g} s") from None
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     finally:
         os.close(fd)
     return b"".join(chunks)
