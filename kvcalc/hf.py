@@ -47,6 +47,19 @@ _BOUNDS = {
 }
 """Upper bounds of the integer fields read; any other (dimensions, vocabulary, MLP widths) is at
 most ``MAX_DIM``. Every count is at least 1 unless read with ``low=0`` (0 means none)."""
+_INT_FIELDS = (
+    "num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model", "num_attention_heads",
+    "n_head", "num_heads", "num_key_value_heads", "num_kv_heads", "n_head_kv", "head_dim", "kv_lora_rank",
+    "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "sliding_window",
+    "sliding_window_pattern", "max_window_layers", "max_position_embeddings", "n_positions",
+    "num_nextn_predict_layers", "vocab_size", "intermediate_size", "moe_intermediate_size",
+    "shared_expert_intermediate_size", "n_routed_experts", "num_local_experts", "num_experts",
+    "n_shared_experts", "first_k_dense_replace",
+)
+"""Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
+included: ignored for the cache, still checked)."""
+_ZERO_OK = {"num_nextn_predict_layers", "max_window_layers", "n_shared_experts", "first_k_dense_replace"}
+_FLAGS = ("use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias")
 
 
 def is_hf_config(data: dict) -> bool:
@@ -60,12 +73,11 @@ def is_reference_config(data: dict) -> bool:
 def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     """A spec from a Hugging Face config.json (``origin`` names it in errors)."""
     text_config = data.get("text_config")
-    if text_config is not None and not isinstance(text_config, dict):
-        raise SpecError(f"{origin}: text_config: {_show(text_config)}: expected a mapping")
+    if text_config is not None and not (isinstance(text_config, dict) and text_config):
+        raise SpecError(f"{origin}: text_config: {_show(text_config)}: expected the language model's fields")
     cfg = _Config(text_config or data, origin)
+    _check_fields(cfg, data)
     model_type = cfg.raw.get("model_type") or data.get("model_type") or ""
-    if not isinstance(model_type, str):
-        raise SpecError(f"{origin}: model_type: {_show(model_type)}: expected a string")
     cfg.defaults = FAMILY_DEFAULTS.get(model_type, {})
     layers = cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
     hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
@@ -199,6 +211,19 @@ def _standard(cfg: _Config, heads: int, hidden: int) -> dict:
     return {"kind": "standard", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
 
 
+def _check_fields(cfg: _Config, data: dict) -> None:
+    """Every field kvcalc reads, checked where present, whichever path the config then takes: a
+    wrong value is an error even where this config would not use it."""
+    for key in _INT_FIELDS:
+        cfg.optional_int(key, low=0 if key in _ZERO_OK else 1)
+    for key in _FLAGS:
+        cfg.flag(key)
+    for raw in (cfg.raw, data):
+        for key in ("model_type", "topk_method"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise SpecError(f"{cfg.origin}: {key}: {_show(raw[key])}: expected a string")
+
+
 def _windows(cfg: _Config, model_type: str, layers: int) -> dict:
     """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full)."""
     types = cfg.raw.get("layer_types")
@@ -217,6 +242,8 @@ def _windows(cfg: _Config, model_type: str, layers: int) -> dict:
         if not cfg.flag("use_sliding_window"):
             return {}
         first = cfg.optional_int("max_window_layers", low=0) or 0
+        if first >= layers:  # the window starts past the last layer: none slides
+            return {}
         kinds = tuple("sliding" if i >= first else "full" for i in range(layers))
         return {"sliding_window": window, "layer_types": kinds}
     return {"sliding_window": window, "layer_pattern": ("sliding",)}

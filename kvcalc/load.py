@@ -28,8 +28,9 @@ from kvcalc.errors import SpecError, UnknownModelError
 
 MAX_FILE_BYTES = 4 << 20
 """A spec or config.json is a few KiB; 4 MiB leaves room for configs that carry tokenizer maps."""
-MAX_DIGITS = 30
-"""Longer integers are refused while parsing (the sizes kvcalc reads are bounded far below)."""
+MAX_DIGITS = 4000
+"""Longer integers are refused while parsing (Python's int() refuses past 4,300 digits); shorter
+ones are read exactly and refused by the bounds of the field that holds them."""
 READ_TIMEOUT_S = 10.0
 """How long a pipe or device may take to deliver its text."""
 
@@ -94,8 +95,10 @@ def parse_data(text: str, origin: str) -> Any:
     """Plain data (dicts, lists, str, int, float, bool, None) from JSON or strict YAML text."""
     try:
         if origin.lower().endswith(".json"):
-            return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
-                              parse_int=_bounded_int)
+            data = json.loads(text, object_pairs_hook=_checked_object, parse_constant=_Unreadable.constant,
+                              parse_int=_Unreadable.integer)
+            _refuse_unreadable(data)
+            return data
         return yaml.load(text, Loader=StrictLoader)
     except _JsonProblem as e:
         raise SpecError(f"{origin}: {e}") from None
@@ -111,23 +114,41 @@ class _JsonProblem(ValueError):
     pass
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class _Unreadable:
+    """A JSON value kvcalc will not read (NaN, Infinity, an integer of thousands of digits), kept
+    until its key is known so that the error can name the field."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    @classmethod
+    def constant(cls, name: str) -> _Unreadable:
+        return cls(f"{name} is not a number JSON allows")
+
+    @classmethod
+    def integer(cls, text: str) -> int | _Unreadable:
+        if len(text) > MAX_DIGITS:
+            return cls(f"{text[:12]}...: an integer of {len(text)} digits is out of range")
+        return int(text)
+
+
+def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
             raise _JsonProblem(f"{key}: duplicate key")
+        if isinstance(value, _Unreadable):
+            raise _JsonProblem(f"{key}: {value.problem}")
         data[key] = value
     return data
 
 
-def _bounded_int(text: str) -> int:
-    if len(text) > MAX_DIGITS:
-        raise _JsonProblem(f"{text[:12]}...: an integer of {len(text)} digits is out of range")
-    return int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise _JsonProblem(f"{name} is not a number JSON allows")
+def _refuse_unreadable(data: Any) -> None:
+    """An unreadable value outside any object (in a list, or the whole document)."""
+    if isinstance(data, _Unreadable):
+        raise _JsonProblem(data.problem)
+    for item in data if isinstance(data, list) else data.values() if isinstance(data, dict) else ():
+        _refuse_unreadable(item)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -161,8 +182,11 @@ class StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
+            if value_node.tag == "tag:yaml.org,2002:int" and len(value_node.value) > MAX_DIGITS:
+                raise _Refused(None, None, f"{key}: an integer of {len(value_node.value)} digits is out of "
+                               "range", value_node.start_mark)
             if not isinstance(key, str | int | float | bool | type(None)):
                 raise _Refused(None, None, f"key {key!r:.40} is not a plain value", key_node.start_mark)
             if key in seen:

@@ -21,7 +21,7 @@ def test_the_strict_reader_reads_every_bundled_spec_as_the_fast_loader_does(name
 @pytest.mark.parametrize(
     ("text", "value"),
     [
-        ("32", 32), ("+5", 5), ("-0", 0), ("061", "061"), ("1:01", "1:01"), ("0x10", "0x10"),
+        ("32", 32), ("+5", 5), ("1" + "0" * 30, 10**30), ("-0", 0), ("061", "061"), ("1:01", "1:01"), ("0x10", "0x10"),
         ("0o17", "0o17"), ("1_000", "1_000"), ("1e9", 1e9), ("1.5", 1.5), ("-.inf", float("-inf")),
         ("yes", "yes"), ("on", "on"), ("True", True), ("false", False), ("~", None), ("", None),
         ("null", None), ("2024-01-01", "2024-01-01"), ("'32'", "32"),
@@ -40,7 +40,8 @@ def test_scalars_follow_the_yaml_1_2_core_schema(text, value):
         ("a: !custom 1\n", r"tag !custom is not accepted"),
         ("a: 1\nb: 2\na: 3\n", r"^f.yaml: line 3, column 1: a: duplicate key"),
         ("? [a]\n: 1\n", r"key \['a'\] is not a plain value"),
-        (f"a: {'9' * 40}\n", r"an integer of 40 digits is out of range"),
+        (f"a: {'9' * 5000}\n", r"^f.yaml: line 1, column 4: a: an integer of 5000 digits is out of range"),
+        (f"a: [{'9' * 5000}]\n", r"^f.yaml: line 1, column 5: 999999999999...: an integer of 5000 digits"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"^f.yaml: nested too deeply"),
     ],
 )
@@ -53,9 +54,10 @@ def test_yaml_beyond_plain_data_is_refused(text, message):
     ("text", "message"),
     [
         ('{"a": 1, "a": 2}', r"^c.json: a: duplicate key"),
-        ('{"a": NaN}', r"^c.json: NaN is not a number JSON allows"),
+        ('{"a": NaN}', r"^c.json: a: NaN is not a number JSON allows"),
+        ('{"a": [1, NaN]}', r"^c.json: NaN is not a number JSON allows"),
         ('{"a": -Infinity}', r"-Infinity is not a number JSON allows"),
-        ('{"a": ' + "9" * 5000 + "}", r"an integer of 5000 digits is out of range"),
+        ('{"a": ' + "9" * 5000 + "}", r"^c.json: a: 999999999999...: an integer of 5000 digits is out of range"),
         ('{"a": 1,}', r"^c.json: line 1, column 9: malformed JSON"),
     ],
 )
