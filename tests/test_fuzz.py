@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import kvcalc
 from kvcalc.cli import main
+from tests.conftest import MINIMAL_SPEC
 from tests.test_hf import DEEPSEEK_V3, FAMILIES, LLAMA_31_8B, MIXTRAL, QWEN25_7B
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,17 +254,7 @@ def test_hf_config_mutation(family, data):
     fuzz_one("hf", family, data)
 
 
-SMALL = """\
-name: tiny
-display_name: Tiny
-num_layers: 4
-hidden_size: 64
-attention:
-  kind: standard
-  num_heads: 8
-  num_kv_heads: 2
-  head_dim: 8
-"""
+SMALL = MINIMAL_SPEC
 LAUGHS = 'l0: &l0 "lol"\n' + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
 
