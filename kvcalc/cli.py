@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from kvcalc import __version__, views
 from kvcalc.analytic import Layout, Options, compare, footprint, mha_equivalent
@@ -37,7 +37,22 @@ from kvcalc.units import (
 )
 
 
-class _OnceCommand(TyperCommand):
+class _PlainFlags:
+    """Help that shows a flag (``--mtp``, ``--help``) without typer's ``<bool>`` placeholder."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_PlainFlags, TyperGroup):
+    pass
+
+
+class _OnceCommand(_PlainFlags, TyperCommand):
     """A command whose options each take one value: ``--seq 4k --seq 8k`` is an error, not 8k."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -67,6 +82,7 @@ class _OnceCommand(TyperCommand):
 
 app = typer.Typer(
     name="kvcalc",
+    cls=_Group,
     help="Exact KV-cache memory for MHA, GQA, MQA and MLA models.",
     add_completion=True,
     no_args_is_help=True,
@@ -117,7 +133,7 @@ DpAttentionOpt = Annotated[
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="Concurrent sequences.")]
 MtpOpt = Annotated[
     bool,
-    typer.Option("--mtp", metavar="", help="Also cache the model's multi-token-prediction layers."),
+    typer.Option("--mtp", help="Also cache the model's multi-token-prediction layers."),
 ]
 
 
@@ -129,10 +145,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", metavar="", callback=_print_version, is_eager=True,
+        typer.Option("--version", callback=_print_version, is_eager=True,
                      help="Print the version."),
     ] = False,
 ) -> None:
@@ -154,7 +170,7 @@ def list_models(
 def show(
     model: ModelArg,
     explain_: Annotated[
-        bool, typer.Option("--explain", metavar="", help="Derive every figure from the model's numbers.")
+        bool, typer.Option("--explain", help="Derive every figure from the model's numbers.")
     ] = False,
     seq: Annotated[
         str | None, typer.Option("--seq", help="Also total the cache at this many tokens (4k).")
