@@ -8,16 +8,22 @@ machines:
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
         -m kvcalc measure deepseek-v3 --tp 16
 
-Every rank measures its own shard; rank 0 gathers the rows (``gather_object``) and renders them.
-A rank that fails stops the others: ``torch.multiprocessing`` terminates the survivors when one
-process dies (torchrun does the same), and the process group has a timeout, so nothing hangs.
+Every rank measures its own shard; rank 0 gathers the rows (pickled into byte tensors: the
+``measure`` extra has no numpy, which ``gather_object`` needs) and renders them. A rank that fails
+stops the others: ``torch.multiprocessing`` terminates the survivors when one process dies (torchrun
+does the same), and the process group has a timeout, so nothing hangs. Interrupted (Ctrl-C,
+SIGTERM), the launching process stops every rank it started before the interruption goes on.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -30,6 +36,7 @@ from kvcalc.nn.parallel import Shard
 from kvcalc.spec import ModelSpec
 
 TIMEOUT = timedelta(minutes=10)
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 Job = tuple[ModelSpec, MeasureOptions]
 
@@ -52,8 +59,7 @@ def measure_ranks(jobs: Sequence[Job], tp: int, device: str) -> list[Measurement
     results = mp.get_context("spawn").SimpleQueue()
     init = f"tcp://127.0.0.1:{_free_port()}"
     try:
-        mp.start_processes(_spawned, args=(tp, list(jobs), kind, init, results), nprocs=tp,
-                           join=True, start_method="spawn")
+        _run_spawned(tp, (tp, list(jobs), kind, init, results))
     except mp.ProcessRaisedException as e:
         raise KvcalcError(f"rank {e.error_index} failed: {_last_line(e.msg)}") from None
     except mp.ProcessExitedException as e:
@@ -61,7 +67,60 @@ def measure_ranks(jobs: Sequence[Job], tp: int, device: str) -> list[Measurement
     return results.get()
 
 
+def _run_spawned(tp: int, args: tuple) -> None:
+    """Run ``_spawned`` on ``tp`` new processes to the end. However this returns or raises (a rank
+    failed, Ctrl-C, SIGTERM), no rank is left running."""
+    ranks = None
+    try:
+        with _signals_held():
+            ranks = mp.start_processes(_spawned, args=args, nprocs=tp, join=False, start_method="spawn")
+        while not ranks.join():
+            pass
+    finally:
+        if ranks is not None:
+            with _signals_held():
+                _stop(ranks.processes)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then raise the first that came.
+
+    Starting the ranks and stopping them are not cut short. Processes started meanwhile inherit the
+    blocked mask: a Ctrl-C to the terminal's whole process group while a rank imports torch waits
+    for ``_spawned`` instead of printing a traceback (multiprocessing's resource_tracker starts the
+    same way). The mask alone is not enough here: torch's own thread would take the signal."""
+    held = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])
+
+
+def _stop(processes, grace_s: float = 5.0) -> None:
+    """SIGTERM the processes still running; SIGKILL those still there after ``grace_s``."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 def _spawned(rank: int, world: int, jobs: list[Job], kind: str, init: str, results) -> None:
+    # Ctrl-C ends a rank at once and quietly (the launcher reports it), as does the launcher's
+    # death, which torch.multiprocessing turns into SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     rows = _rank_main(rank, world, jobs, kind, rank, init)
     if rank == 0:
         results.put(rows)
@@ -77,13 +136,25 @@ def _rank_main(rank: int, world: int, jobs: list[Job], kind: str, local: int, in
                             world_size=world, timeout=TIMEOUT)
     try:
         rows = [measure(spec, options, device, Shard(rank, world)) for spec, options in jobs]
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(rows, gathered, dst=0)
+        gathered = _gather(rows, device)
     finally:
         dist.destroy_process_group()
     if rank != 0:
         return None
     return [row for job_rows in zip(*gathered, strict=True) for row in job_rows]
+
+
+def _gather(rows: list[Measurement], device: torch.device) -> list[list[Measurement]]:
+    """Every rank's rows, in rank order: each rank's pickle, padded to the longest, all-gathered."""
+    data = torch.frombuffer(bytearray(pickle.dumps(rows)), dtype=torch.uint8).to(device)
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([data.numel()], device=device))
+    sizes = [int(count) for count in counts]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    chunks = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(chunks, padded)
+    return [pickle.loads(bytes(chunk[:size].tolist())) for chunk, size in zip(chunks, sizes, strict=True)]
 
 
 def _device_kind(device: str) -> str:
