@@ -1,14 +1,14 @@
 """Hugging Face ``config.json`` and DeepSeek reference ``inference/configs/*.json`` -> spec.
 
-Read by content, never by file or model name (KV-CACHE-FACTS section 6):
-- MLA is detected by its fields (``kv_lora_rank``); its ``num_key_value_heads`` and ``head_dim``
-  do not describe the cache and are ignored.
+Read as transformers reads it (KV-CACHE-FACTS section 6; the rules of each family in
+``families.py``): ``model_type`` picks the family, whose class defaults fill absent fields and whose
+rule derives the layer layout when ``layer_types`` is absent; then the fields.
+- A family kvcalc does not model is refused by name; an unknown ``model_type`` is read only when it
+  holds nothing but classic attention fields (all layers full), and said so.
+- MLA families read the latent; their ``num_key_value_heads`` and ``head_dim`` do not describe the
+  cache and are ignored (still checked).
 - ``head_dim`` is taken when present; hidden_size / heads is only a fallback, and said so.
 - Multimodal wrappers nest the language model under ``text_config``.
-- Windows: ``layer_types`` first; then each family's rule (Gemma-2 alternates from layer 0,
-  Gemma-3 repeats five sliding + one full by class default, Qwen gates ``sliding_window`` with
-  ``use_sliding_window`` and ``max_window_layers``); otherwise a ``sliding_window`` applies to every
-  layer (Mistral-7B-v0.1, Phi-3).
 Every default assumed is recorded in the spec's ``assumptions`` and shown by ``show``.
 """
 
@@ -19,20 +19,20 @@ from collections.abc import Callable
 from typing import Any
 
 from kvcalc.errors import SpecError
+from kvcalc.families import (
+    CLASSIC_FIELDS,
+    FAMILIES,
+    NOT_MODELLED,
+    UNRELATED_FIELDS,
+    Family,
+    Fields,
+    all_full,
+)
 from kvcalc.spec import MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_TOKENS, ModelSpec, StandardAttention
 
 _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
 
-# Class defaults the published configs leave implicit (transformers configuration_*.py).
-_GEMMA2 = {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True}
-_GEMMA3 = {**_GEMMA2, "sliding_window_pattern": 6}
-FAMILY_DEFAULTS: dict[str, dict[str, int | bool]] = {
-    "gemma2": _GEMMA2,
-    "gemma3": _GEMMA3,
-    "gemma3_text": _GEMMA3,
-}
-_SLIDING_GATED = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
 _QKV_BIAS = {"qwen2", "qwen2_moe"}
 _QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
 _FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
@@ -59,7 +59,8 @@ _INT_FIELDS = (
 """Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
 included: ignored for the cache, still checked)."""
 _ZERO_OK = {"num_nextn_predict_layers", "max_window_layers", "n_shared_experts", "first_k_dense_replace"}
-_FLAGS = ("use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias")
+_FLAGS = ("use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias",
+          "new_decoder_architecture", "use_bidirectional_attention")
 
 
 def is_hf_config(data: dict) -> bool:
@@ -78,11 +79,12 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     cfg = _Config(text_config or data, origin)
     _check_fields(cfg, data)
     model_type = cfg.raw.get("model_type") or data.get("model_type") or ""
-    cfg.defaults = FAMILY_DEFAULTS.get(model_type, {})
+    family = _family(cfg, model_type)
+    cfg.defaults = dict(family.defaults)
     layers = cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
     hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
     heads = cfg.first_int("num_attention_heads", "n_head", "num_heads")
-    if cfg.raw.get("kv_lora_rank") is not None:
+    if family.mla:
         attention = _mla(cfg, heads)
     else:
         attention = _standard(cfg, heads, hidden)
@@ -95,7 +97,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
         "mtp_layers": cfg.optional_int("num_nextn_predict_layers", low=0) or 0,
         "attention": attention,
-        **_windows(cfg, model_type, layers),
+        **_windows(cfg, family, layers),
     }
     spec = _validate(fields, origin)
     params = _params(cfg, model_type, spec)
@@ -143,24 +145,31 @@ class _Config:
         return value
 
     def optional_int(self, *keys: str, low: int = 1) -> int | None:
-        """The first of ``keys`` present, an integer from ``low`` to its bound (``_BOUNDS``)."""
+        """The first of ``keys`` present, an integer from ``low`` to its bound (``_BOUNDS``); the
+        class default when none is in the config (an explicit null stays null)."""
         for key in keys:
             if self.raw.get(key) is not None:
                 return self._int(key, self.raw[key], low)
-        for key in keys:
-            if key in self.defaults:
-                value = self.defaults[key]
-                self.assume(f"{key} {value} (class default; absent from the config)")
-                return value
-        return None
+        if any(key in self.raw for key in keys):
+            return None
+        return next((self.default(key) for key in keys if key in self.defaults), None)
 
     def flag(self, key: str) -> bool | None:
-        value = self.raw.get(key)
-        if value is None and key in self.defaults:
-            value = bool(self.defaults[key])
-            self.assume(f"{key} {str(value).lower()} (class default; absent from the config)")
+        value = self.raw[key] if key in self.raw else self.default(key)
         if value is not None and not isinstance(value, bool):
-            raise SpecError(f"{self.origin}: {key}: {value!r}: expected true or false")
+            raise SpecError(f"{self.origin}: {key}: {_show(value)}: expected true or false")
+        return value
+
+    def value(self, key: str) -> Any:
+        """A field as the family's class holds it: the config's value, else the class default."""
+        return self.raw[key] if key in self.raw else self.default(key)
+
+    def default(self, key: str) -> Any:
+        if key not in self.defaults:
+            return None
+        value = self.defaults[key]
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+        self.assume(f"{key} {shown} (class default; absent from the config)")
         return value
 
     def assume(self, text: str) -> None:
@@ -192,10 +201,38 @@ def _mla(cfg: _Config, heads: int) -> dict:
     }
 
 
+def _family(cfg: _Config, model_type: str) -> Family:
+    """The family transformers would read this config as, or a ``SpecError`` saying why not."""
+    if model_type in NOT_MODELLED:
+        raise SpecError(f"{cfg.origin}: model_type: {model_type!r}: kvcalc does not model "
+                        f"{NOT_MODELLED[model_type]} yet; refusing rather than guessing")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        unknown = sorted(k for k in cfg.raw if k not in CLASSIC_FIELDS and k not in UNRELATED_FIELDS)
+        if unknown:
+            shown = ", ".join(unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+            raise SpecError(f"{cfg.origin}: model_type: {model_type!r} is not a family kvcalc knows, and "
+                            f"its config holds fields kvcalc does not understand: {shown}")
+        cfg.assume(f"model_type {model_type!r} is not a family kvcalc knows: read from its classic "
+                   "attention fields, every layer full attention")
+        return Family("(classic fields only)")
+    for key in family.refuse:
+        if cfg.raw.get(key):
+            raise SpecError(f"{cfg.origin}: {key}: {_show(cfg.raw[key])}: kvcalc does not model this "
+                            f"{model_type} variant's cache; refusing rather than guessing")
+    if not family.mla and cfg.raw.get("kv_lora_rank") is not None:
+        raise SpecError(f"{cfg.origin}: kv_lora_rank: {model_type} has no latent attention "
+                        "(transformers ignores the field); refusing to guess which is meant")
+    if family.layout is all_full and cfg.raw.get("sliding_window") is not None:
+        raise SpecError(f"{cfg.origin}: sliding_window: {model_type} layers do not slide "
+                        "(transformers' attention ignores the field); refusing to guess which is meant")
+    return family
+
+
 def _standard(cfg: _Config, heads: int, hidden: int) -> dict:
     kv_heads = cfg.optional_int("num_key_value_heads", "num_kv_heads", "n_head_kv")
-    if kv_heads is None and cfg.flag("multi_query"):
-        kv_heads = 1
+    if cfg.flag("new_decoder_architecture") is False and cfg.flag("multi_query"):
+        kv_heads = 1  # Falcon-7B: one KV head; num_kv_heads is read only by the new architecture
     if kv_heads is None:
         kv_heads = heads
         cfg.assume(f"num_key_value_heads {heads} = num_attention_heads (MHA; absent from the config)")
@@ -224,29 +261,17 @@ def _check_fields(cfg: _Config, data: dict) -> None:
                 raise SpecError(f"{cfg.origin}: {key}: {_show(raw[key])}: expected a string")
 
 
-def _windows(cfg: _Config, model_type: str, layers: int) -> dict:
-    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full)."""
+def _windows(cfg: _Config, family: Family, layers: int) -> dict:
+    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full):
+    the config's ``layer_types``, else the family's rule (``families.py``)."""
     types = cfg.raw.get("layer_types")
     if types is not None:
         return _from_layer_types(cfg, types, layers)
-    if model_type == "gemma2":
-        return {"sliding_window": cfg.first_int("sliding_window"), "layer_pattern": ("sliding", "full")}
-    if model_type in ("gemma3", "gemma3_text"):
-        period = cfg.first_int("sliding_window_pattern")
-        pattern = ("sliding",) * (period - 1) + ("full",)
-        return {"sliding_window": cfg.first_int("sliding_window"), "layer_pattern": pattern}
-    window = cfg.optional_int("sliding_window")
-    if window is None or cfg.flag("use_sliding_window") is False:
-        return {}
-    if model_type in _SLIDING_GATED:
-        if not cfg.flag("use_sliding_window"):
-            return {}
-        first = cfg.optional_int("max_window_layers", low=0) or 0
-        if first >= layers:  # the window starts past the last layer: none slides
-            return {}
-        kinds = tuple("sliding" if i >= first else "full" for i in range(layers))
-        return {"sliding_window": window, "layer_types": kinds}
-    return {"sliding_window": window, "layer_pattern": ("sliding",)}
+    try:
+        kinds = family.layout(Fields(cfg.value), layers)
+    except ValueError as e:
+        raise SpecError(f"{cfg.origin}: {e}") from None
+    return _shape(cfg, kinds)
 
 
 def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
@@ -263,8 +288,15 @@ def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
         raise SpecError(
             f"{cfg.origin}: layer_types: lists {len(kinds)} layers but num_hidden_layers is {layers}"
         )
+    return _shape(cfg, kinds)
+
+
+def _shape(cfg: _Config, kinds: tuple[str, ...]) -> dict:
+    """Every layer's kind as the shortest repeating ``layer_pattern`` (or ``layer_types``), with
+    the window; nothing when no layer slides."""
     if "sliding" not in kinds:
         return {}
+    layers = len(kinds)
     period = next(p for p in range(1, layers + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     shape = {"layer_pattern": kinds[:period]} if period < layers else {"layer_types": kinds}
     return {"sliding_window": cfg.first_int("sliding_window"), **shape}

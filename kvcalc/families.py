@@ -1,0 +1,185 @@
+"""How transformers 5.23 reads each model family's config, as far as its cache is concerned.
+
+A Hugging Face config is read the way transformers reads it: ``model_type`` picks the family's
+config class (``models/<type>/configuration_<type>.py``), whose class defaults fill what the file
+leaves out, and whose ``__post_init__`` derives the layer layout when ``layer_types`` is absent.
+The cache then follows ``cache_utils.get_layer_types_and_kwargs``: ``layer_types``, else a layer
+with a ``sliding_window`` slides. These are facts read from those files, tested against the real
+classes (``tests/test_families.py``).
+
+A family kvcalc does not model is refused by name (``NOT_MODELLED``); a ``model_type`` it does
+not know is read only when the config holds nothing but classic attention fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+Layout = Callable[["Fields", int], tuple[str, ...]]
+"""A family's rule: the kind of every layer ("full" or "sliding") when layer_types is absent."""
+
+
+class Fields:
+    """What a layout rule reads: a config's values with the family's class defaults filled in."""
+
+    def __init__(self, get: Callable[[str], object]) -> None:
+        self.get = get
+
+
+def all_full(fields: Fields, layers: int) -> tuple[str, ...]:
+    return ("full",) * layers
+
+
+def every_layer(fields: Fields, layers: int) -> tuple[str, ...]:
+    """No layer_types: a sliding_window makes every layer slide (Mistral, Mixtral, Phi-3)."""
+    return (("sliding" if fields.get("sliding_window") is not None else "full"),) * layers
+
+
+def gated_every_layer(fields: Fields, layers: int) -> tuple[str, ...]:
+    """Qwen3-MoE: the window only with use_sliding_window, then on every layer."""
+    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
+    return ("sliding" if on else "full",) * layers
+
+
+def qwen_from(fields: Fields, layers: int) -> tuple[str, ...]:
+    """Qwen2 / Qwen3: with use_sliding_window, layers from max_window_layers on slide."""
+    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
+    first = fields.get("max_window_layers")
+    return tuple("sliding" if on and i >= first else "full" for i in range(layers))
+
+
+def qwen2_moe(fields: Fields, layers: int) -> tuple[str, ...]:
+    """Qwen2-MoE: with use_sliding_window, even layers below max_window_layers slide."""
+    on = fields.get("use_sliding_window")
+    first = fields.get("max_window_layers")
+    return tuple("sliding" if on and i % 2 == 0 and i < first else "full" for i in range(layers))
+
+
+def period(key: str | None, default: int) -> Layout:
+    """Layer i is full when (i + 1) is a multiple of the period, else sliding (Gemma-2: 2,
+    Gemma-3: sliding_window_pattern 6, Cohere2 and EXAONE-4: 4, gpt-oss: 2, OLMo-3: 4)."""
+
+    def layout(fields: Fields, layers: int) -> tuple[str, ...]:
+        every = default if key is None else fields.get(key)
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"{key}: {every!r}: expected a positive integer")
+        return tuple("full" if (i + 1) % every == 0 else "sliding" for i in range(layers))
+
+    return layout
+
+
+def smollm3(fields: Fields, layers: int) -> tuple[str, ...]:
+    """SmolLM3: with use_sliding_window, the NoPE layers slide (every no_rope_layer_interval-th,
+    or those no_rope_layers marks 0)."""
+    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
+    rope = fields.get("no_rope_layers")
+    if rope is None:
+        interval = fields.get("no_rope_layer_interval")
+        rope = [int((i + 1) % interval != 0) for i in range(layers)]
+    if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
+        raise ValueError(f"no_rope_layers: expected {layers} entries of 0 or 1")
+    return tuple("sliding" if on and not rope[i] else "full" for i in range(layers))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model_type as transformers 5.23 reads it."""
+
+    source: str
+    """The configuration file the facts come from."""
+    layout: Layout = all_full
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    """Class defaults of the fields kvcalc reads, applied only when the key is absent."""
+    mla: bool = False
+    refuse: tuple[str, ...] = ()
+    """Fields that, set, change the cache in a way kvcalc does not model."""
+
+
+def _cfg(model_type: str) -> str:
+    return f"transformers/models/{model_type}/configuration_{model_type}.py"
+
+
+_QWEN = {"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28}
+_MLA_V3 = {"kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+           "v_head_dim": 128}
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(_cfg("llama")),
+    "gemma": Family(_cfg("gemma"), defaults={"head_dim": 256}),
+    "glm4": Family(_cfg("glm4"), defaults={"head_dim": 128}),
+    "glm4_moe": Family(_cfg("glm4_moe")),
+    "minimax_m2": Family(_cfg("minimax_m2"), defaults={"head_dim": 128}),
+    "seed_oss": Family(_cfg("seed_oss"), defaults={"head_dim": 128}),
+    "granite": Family(_cfg("granite")),
+    "falcon": Family(_cfg("falcon"), defaults={"multi_query": True, "new_decoder_architecture": False}),
+    "mistral": Family(_cfg("mistral"), every_layer, {"sliding_window": 4096}),
+    "mixtral": Family(_cfg("mixtral"), every_layer, {"sliding_window": None}),
+    "phi3": Family(_cfg("phi3"), every_layer, {"sliding_window": None}),
+    "ministral": Family(_cfg("ministral"), every_layer, {"sliding_window": 4096}),
+    "qwen2": Family(_cfg("qwen2"), qwen_from, _QWEN),
+    "qwen3": Family(_cfg("qwen3"), qwen_from, {**_QWEN, "head_dim": 128}),
+    "qwen2_moe": Family(_cfg("qwen2_moe"), qwen2_moe, _QWEN),
+    "qwen3_moe": Family(_cfg("qwen3_moe"), gated_every_layer,
+                        {"use_sliding_window": False, "sliding_window": 4096}),
+    "gemma2": Family(_cfg("gemma2"), period(None, 2),
+                     {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True}),
+    "gemma3_text": Family(_cfg("gemma3"), period("sliding_window_pattern", 6),
+                          {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True,
+                           "sliding_window_pattern": 6},
+                          refuse=("use_bidirectional_attention",)),  # an encoder (EmbeddingGemma)
+    "gpt_oss": Family(_cfg("gpt_oss"), period(None, 2), {"sliding_window": 128}),
+    "cohere2": Family(_cfg("cohere2"), period("sliding_window_pattern", 4),
+                      {"sliding_window": 4096, "sliding_window_pattern": 4}),
+    "olmo3": Family(_cfg("olmo3"), period(None, 4), {"sliding_window": 4096}),
+    "exaone4": Family(_cfg("exaone4"), period("sliding_window_pattern", 4),
+                      {"sliding_window": 4096, "sliding_window_pattern": 4}),
+    "smollm3": Family(_cfg("smollm3"), smollm3,
+                      {"use_sliding_window": False, "sliding_window": None, "no_rope_layer_interval": 4}),
+    "deepseek_v2": Family(_cfg("deepseek_v2"), defaults=_MLA_V3, mla=True),
+    "deepseek_v3": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
+    # Kimi-K2's config names its own type, runs DeepseekV3ForCausalLM (its `architectures`).
+    "kimi_k2": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
+    "minicpm3": Family(_cfg("minicpm3"), mla=True,
+                       defaults={"kv_lora_rank": 256, "q_lora_rank": 768, "qk_rope_head_dim": 32,
+                                 "qk_nope_head_dim": 64, "v_head_dim": 64}),
+}
+FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # an old single-level Gemma-3 config
+
+NOT_MODELLED: dict[str, str] = {
+    **dict.fromkeys(("llama4", "llama4_text"), "chunked local attention (attention_chunk_size)"),
+    **dict.fromkeys(("deepseek_v32", "glm_moe_dsa"), "the DSA lightning indexer's key cache"),
+    "deepseek_v4": "compressed sparse and heavily compressed attention (compress_rates)",
+    **dict.fromkeys(("gemma3n", "gemma3n_text", "gemma4", "gemma4_text"),
+                    "layers that share another layer's cache (num_kv_shared_layers)"),
+    "mimo_v2_flash": "per-layer shapes (its own KV heads on sliding layers, v_head_dim)",
+    "longcat_flash": "two attention sublayers in every decoder layer",
+    **dict.fromkeys(("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "kimi_linear", "minimax",
+                     "jamba", "nemotron_h", "falcon_h1", "granitemoehybrid", "mamba", "mamba2", "zamba",
+                     "zamba2", "bamba", "lfm2", "lfm2_moe", "hunyuan_v1_dense"),
+                    "the recurrent state of linear-attention or Mamba layers"),
+}
+"""Families whose cache holds something kvcalc does not compute yet: refused, never guessed."""
+
+CLASSIC_FIELDS = frozenset({
+    "num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model",
+    "num_attention_heads", "n_head", "num_heads", "num_key_value_heads", "num_kv_heads", "n_head_kv",
+    "head_dim", "max_position_embeddings", "n_positions", "vocab_size", "intermediate_size",
+    "tie_word_embeddings", "attention_bias", "layer_types",
+})
+"""The fields of a plain decoder of full-attention layers; ``layer_types`` only full ones."""
+
+UNRELATED_FIELDS = frozenset({
+    "architectures", "model_type", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
+    "auto_map", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "hidden_act", "activation_function", "initializer_range", "rms_norm_eps", "layer_norm_eps",
+    "layer_norm_epsilon", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor",
+    "use_cache", "attention_dropout", "hidden_dropout", "dropout", "mlp_bias", "pretraining_tp",
+    "quantization_config", "tokenizer_class", "id2label", "label2id", "num_labels", "problem_type",
+    "output_attentions", "output_hidden_states", "return_dict", "is_encoder_decoder",
+    "chunk_size_feed_forward",
+    "tie_encoder_decoder", "max_length", "bad_words_ids", "embd_pdrop", "resid_pdrop", "attn_pdrop",
+    "qk_layernorm", "use_qk_norm", "logits_scaling", "embedding_multiplier", "residual_multiplier",
+    "attention_multiplier", "final_logit_softcapping", "attn_logit_softcapping",
+})
+"""Fields that do not change what a layer caches (numerics, tokens, bookkeeping)."""

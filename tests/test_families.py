@@ -1,0 +1,166 @@
+"""Configs read as transformers 5.23 reads them, checked against the real library: its config
+classes (class defaults, the layout each derives) and its cache's own rule for which layer slides
+(``cache_utils.get_layer_types_and_kwargs``). Families kvcalc does not model are refused by name."""
+
+import json
+
+import pytest
+from transformers import AutoConfig  # the test extra pins transformers==5.23.0
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from kvcalc.catalog import parse_spec
+from kvcalc.errors import SpecError
+from kvcalc.families import FAMILIES, NOT_MODELLED
+from kvcalc.spec import MlaAttention
+from tests.test_hf import FAMILIES as HF_FIXTURES
+
+BASE = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 12,
+        "head_dim": 64, "vocab_size": 1000, "intermediate_size": 1024}
+
+# (model_type, fields beyond BASE): published configs often leave layer_types out and let the class
+# derive it; each case is read by kvcalc and by transformers from the same dict.
+CASES = [
+    ("llama", {}),
+    ("gemma", {}),
+    ("glm4", {}),
+    ("glm4_moe", {}),
+    ("minimax_m2", {}),
+    ("seed_oss", {}),
+    ("granite", {}),
+    ("mistral", {}),  # the class default window, 4096, on every layer
+    ("mistral", {"sliding_window": None}),
+    ("mixtral", {"sliding_window": 4096}),
+    ("mixtral", {}),
+    ("phi3", {"sliding_window": 2047}),
+    ("ministral", {}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 4}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4096}),  # max_window_layers 28: none
+    ("qwen2", {"use_sliding_window": False, "sliding_window": 131072}),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0}),
+    ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 7}),
+    ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 4}),
+    ("qwen3_moe", {"sliding_window": 4096}),
+    ("gemma2", {}),
+    ("gemma3_text", {}),
+    ("gemma3_text", {"sliding_window_pattern": 4, "sliding_window": 512}),
+    ("gpt_oss", {}),
+    ("cohere2", {}),
+    ("cohere2", {"sliding_window_pattern": 3}),
+    ("olmo3", {}),
+    ("exaone4", {}),
+    ("exaone4", {"sliding_window_pattern": 2, "sliding_window": 2048}),
+    ("smollm3", {"use_sliding_window": True, "sliding_window": 4096}),
+    ("smollm3", {"use_sliding_window": True, "sliding_window": 4096, "no_rope_layer_interval": 3}),
+    ("smollm3", {}),
+    ("gpt_oss", {"layer_types": ["full_attention", "sliding_attention"] * 6}),
+]
+
+
+def read(config: dict, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return parse_spec(path.read_text(), str(path))
+
+
+def reference_layers(config: dict) -> list[tuple[str, int | None]]:
+    """Every layer's (kind, window) in the cache transformers builds for ``config``."""
+    text = AutoConfig.for_model(**config).get_text_config()
+    types, kwargs = get_layer_types_and_kwargs(text)
+    kinds = {"full_attention": "full", "sliding_attention": "sliding"}
+    return [(kinds[t], k.get("sliding_window")) for t, k in zip(types, kwargs, strict=True)]
+
+
+@pytest.mark.parametrize(("model_type", "fields"), CASES, ids=[f"{t}-{i}" for i, (t, _) in enumerate(CASES)])
+def test_layers_match_transformers(tmp_path, model_type, fields):
+    config = {"model_type": model_type, **BASE, **fields}
+    spec = read(config, tmp_path)
+    ours = [(str(k), spec.sliding_window if k == "sliding" else None) for k in spec.layer_kinds]
+    assert ours == reference_layers(config)
+
+
+@pytest.mark.parametrize("model_type", sorted({t for t, _ in CASES}))
+def test_heads_match_transformers(tmp_path, model_type):
+    config = {"model_type": model_type, **{k: v for k, v in BASE.items() if k != "head_dim"}}
+    spec = read(config, tmp_path)
+    text = AutoConfig.for_model(**config).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (text.num_key_value_heads, head_dim)
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "minicpm3"])
+def test_mla_families_take_the_class_defaults(tmp_path, model_type):
+    config = {"model_type": model_type, **BASE}
+    spec = read(config, tmp_path)
+    text = AutoConfig.for_model(**config)
+    attn = spec.attention
+    assert isinstance(attn, MlaAttention)
+    keys = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+    assert [getattr(attn, k) for k in keys] == [getattr(text, k) for k in keys]
+    assert any("kv_lora_rank 512" in a or "kv_lora_rank 256" in a for a in spec.assumptions)
+
+
+def test_an_explicit_null_is_not_replaced_by_the_default(tmp_path):
+    spec = read({"model_type": "deepseek_v2", **BASE, "q_lora_rank": None, "kv_lora_rank": 512}, tmp_path)
+    assert spec.attention.q_lora_rank is None  # DeepSeek-V2-Lite: a plain query projection
+
+
+def test_falcon_heads_follow_its_architecture_flags(tmp_path):
+    base = {"model_type": "falcon", "hidden_size": 512, "num_attention_heads": 8, "num_hidden_layers": 4}
+    assert read(base, tmp_path).attention.num_kv_heads == 1  # multi_query, true by default
+    new = {**base, "new_decoder_architecture": True, "num_kv_heads": 2}
+    assert read(new, tmp_path).attention.num_kv_heads == 2
+    assert read({**base, "multi_query": False}, tmp_path).attention.num_kv_heads == 8
+
+
+@pytest.mark.parametrize("model_type", sorted(NOT_MODELLED))
+def test_families_kvcalc_does_not_model_are_refused(tmp_path, model_type):
+    with pytest.raises(SpecError, match=rf"model_type: '{model_type}': kvcalc does not model .* yet"):
+        read({"model_type": model_type, **BASE}, tmp_path)
+
+
+def test_chunked_llama4_is_what_transformers_builds_and_kvcalc_refuses(tmp_path):
+    config = {"model_type": "llama4_text", **BASE}
+    assert "chunked_attention" in get_layer_types_and_kwargs(AutoConfig.for_model(**config))[0]
+    with pytest.raises(SpecError, match=r"chunked local attention \(attention_chunk_size\)"):
+        read(config, tmp_path)
+
+
+def test_an_unknown_family_with_classic_fields_is_read_and_said(tmp_path):
+    spec = read({"model_type": "acme_lm", **BASE}, tmp_path)
+    assert spec.layer_counts["full"] == 12
+    assert spec.assumptions[0].startswith("model_type 'acme_lm' is not a family kvcalc knows")
+
+
+def test_an_unknown_family_with_other_fields_is_refused(tmp_path):
+    config = {"model_type": "acme_lm", **BASE, "sliding_window": 512, "shared_kv_layers": 4}
+    with pytest.raises(SpecError, match=r"'acme_lm' is not a family kvcalc knows, and its config holds "
+                                        r"fields kvcalc does not understand: shared_kv_layers, sliding_window"):
+        read(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model_type": "llama", "kv_lora_rank": 512}, r"kv_lora_rank: llama has no latent attention"),
+        ({"model_type": "llama", "sliding_window": 4096}, r"sliding_window: llama layers do not slide"),
+        ({"model_type": "gemma3_text", "use_bidirectional_attention": True},
+         r"use_bidirectional_attention: True: kvcalc does not model this gemma3_text variant"),
+        ({"model_type": "exaone4", "sliding_window_pattern": "LLLG"}, r"sliding_window_pattern: 'LLLG'"),
+    ],
+)
+def test_fields_a_family_does_not_use_are_refused(tmp_path, fields, message):
+    with pytest.raises(SpecError, match=message):
+        read({**BASE, **fields}, tmp_path)
+
+
+def test_every_family_is_covered_here():
+    tested = {t for t, _ in CASES} | {"deepseek_v2", "deepseek_v3", "minicpm3", "falcon"}
+    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3"}  # not transformers types / an alias
+
+
+@pytest.mark.parametrize("family", [f for f in HF_FIXTURES if f != "kimi_k2"])
+def test_published_shapes_match_transformers(tmp_path, family):
+    config, _ = HF_FIXTURES[family]
+    spec = read(config, tmp_path)
+    ours = [(str(k), spec.sliding_window if k == "sliding" else None) for k in spec.layer_kinds]
+    assert ours == reference_layers(config)
