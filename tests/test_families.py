@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoConfig  # the test extra pins transformers==5.23.0
 from transformers.cache_utils import get_layer_types_and_kwargs
 
+from kvcalc.analytic import Options, footprint
 from kvcalc.catalog import parse_spec
 from kvcalc.errors import SpecError
 from kvcalc.families import FAMILIES, NOT_MODELLED
@@ -164,3 +165,46 @@ def test_published_shapes_match_transformers(tmp_path, family):
     spec = read(config, tmp_path)
     ours = [(str(k), spec.sliding_window if k == "sliding" else None) for k in spec.layer_kinds]
     assert ours == reference_layers(config)
+
+
+TINY = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "num_hidden_layers": 6, "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 256,
+        "pad_token_id": 0}
+TINY_MOE = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1,
+            "topk_group": 1}
+# MLA: no head_dim (transformers sets it to the rope width), one KV head per query head.
+TINY_MLA = {"head_dim": None, "num_key_value_heads": 4, "kv_lora_rank": 32, "q_lora_rank": 48,
+            "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16}
+WINDOW = {"sliding_window": 8}
+MODELS = [
+    ("llama", {}), ("gemma", {}), ("qwen3", {}), ("mistral", WINDOW), ("phi3", WINDOW), ("ministral", WINDOW),
+    ("mixtral", TINY_MOE), ("glm4_moe", TINY_MOE), ("gemma2", WINDOW), ("gemma3_text", WINDOW),
+    ("cohere2", WINDOW), ("olmo3", WINDOW), ("exaone4", WINDOW), ("gpt_oss", {**WINDOW, **TINY_MOE}),
+    ("qwen2", {**WINDOW, "use_sliding_window": True, "max_window_layers": 2}),
+    ("qwen3_moe", {**WINDOW, **TINY_MOE, "use_sliding_window": True}),
+    ("smollm3", {**WINDOW, "use_sliding_window": True}),
+    ("falcon", {"head_dim": None}),
+    ("deepseek_v3", {**TINY_MOE, **TINY_MLA}), ("deepseek_v2", {**TINY_MOE, **TINY_MLA, "q_lora_rank": None}),
+    ("minicpm3", TINY_MLA),
+]
+
+
+@pytest.mark.parametrize(("model_type", "fields"), MODELS, ids=[t for t, _ in MODELS])
+def test_cache_bytes_match_transformers(tmp_path, model_type, fields):
+    """A tiny model of the family, built by transformers from the config kvcalc reads: a 20-token
+    prefill and one decode step, then every tensor its DynamicCache holds, summed, equals kvcalc's
+    --engine transformers figure for 21 tokens (fp32, the model's dtype). Sliding layers hold the
+    last window - 1 tokens; MLA layers the latent and the rope key."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = {k: v for k, v in {"model_type": model_type, **TINY, **fields}.items() if v is not None}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).eval()
+    with torch.no_grad():
+        cache = model(torch.randint(0, 128, (1, 20)), use_cache=True).past_key_values
+        model(torch.randint(0, 128, (1, 1)), past_key_values=cache, use_cache=True)
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    spec = read(config, tmp_path)
+    assert footprint(spec, Options(21, kv_dtype="fp32", engine="transformers")).total_bytes == held
