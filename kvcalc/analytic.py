@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from kvcalc.engines import Engine, MlaCache, WindowRule, get_engine
+from kvcalc.engines import Engine, IndexerKeys, MlaCache, WindowRule, get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
@@ -35,6 +35,8 @@ class Layout(StrEnum):
 
 
 STANDARD_LAYOUT = "kv"
+INDEXER_KEY = "indexer key"
+INDEXER_SCALE_GROUP = 128
 
 
 @dataclass(frozen=True)
@@ -240,22 +242,26 @@ def _prepared(spec: ModelSpec, options: Options):
     is_mla = isinstance(attn, MlaAttention)
     fmt = get_format(options.kv_dtype)
     engine = get_engine(options.engine, is_mla=is_mla, block_size=options.block_size)
-    engine.check(fmt.name, is_mla)
+    dsa = is_mla and attn.index_head_dim is not None
+    engine.check(fmt.name, is_mla, dsa)
+    if dsa:
+        engine = engine.for_dsa(options.block_size)
+        _check_dsa_parallel(engine, options.parallel)
     cache = _mla_cache(engine, options.layout) if is_mla else None
     par = options.parallel
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
-    whole = _groups(spec, fmt, cache, 1, Counter(spec.layer_counts) + Counter({LayerKind.FULL: mtp}))
+    whole = _groups(spec, fmt, cache, engine, 1, Counter(spec.layer_counts) + Counter({LayerKind.FULL: mtp}))
     stages = tuple(
-        _groups(spec, fmt, cache, par.attention_tp, counts)
+        _groups(spec, fmt, cache, engine, par.attention_tp, counts)
         for counts in stage_layer_counts(spec, par.pp, mtp)
     )
     return Curve(engine, spec.sliding_window, par, whole, stages), cache, fmt, mtp
 
 
-def _groups(spec, fmt, cache, tp: int, counts) -> tuple[Group, ...]:
+def _groups(spec, fmt, cache, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
     rows = tuple(
-        Row(name, factors, _row_bytes(fmt, name, factors, spec, cache))
+        Row(name, factors, _row_bytes(fmt, engine, name, factors, spec, cache))
         for name, factors in _widths(spec.attention, cache, tp)
     )
     return tuple(
@@ -291,6 +297,14 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     return footprint(spec.replace(attention=mha), neutral)
 
 
+def _check_dsa_parallel(engine: Engine, par: Parallel) -> None:
+    """Decode context parallelism over a DSA indexer is not modelled for the engines (SGLang keeps
+    the indexer keys whole on every DCP rank)."""
+    if par.dcp > 1 and engine.dsa_page is not None:
+        raise OptionError(f"--dcp {par.dcp}: how {engine.name} splits a DSA model's indexer keys "
+                          "across DCP ranks is not modelled")
+
+
 def _check_options(options: Options) -> None:
     if options.seq_len < 1:
         raise OptionError(f"--seq: {options.seq_len} must be at least 1 token")
@@ -318,18 +332,22 @@ def _widths(attn, cache: MlaCache | None, tp: int) -> list[tuple[str, tuple[Fact
             ("K", (heads, Factor(attn.head_dim, "head_dim"))),
             ("V", (heads, Factor(attn.value_dim, v_label))),
         ]
+    # The DSA indexer's key: one head, the same on every TP rank, whatever the MLA layout.
+    indexer = [] if attn.index_head_dim is None else [
+        (INDEXER_KEY, (Factor(attn.index_head_dim, "index_head_dim"),))
+    ]
     latent = ("latent", (Factor(attn.kv_lora_rank, "kv_lora_rank"),))
     rope = ("rope key", (Factor(attn.qk_rope_head_dim, "qk_rope_head_dim"),))
     if cache == MlaCache.LATENT:
-        return [latent, rope]  # the same on every TP rank: replicated, never split
+        return [latent, rope, *indexer]  # the same on every TP rank: replicated, never split
     if cache == MlaCache.LATENT_KV:
-        return [latent, rope, ("V (latent again)", latent[1])]
+        return [latent, rope, ("V (latent again)", latent[1]), *indexer]
     heads = Factor(attn.num_heads // tp, "heads")
     qk_dim = attn.qk_nope_head_dim + attn.qk_rope_head_dim
     k = ("K", (heads, Factor(qk_dim, "qk_nope_head_dim + qk_rope_head_dim")))
     if cache == MlaCache.DECOMPRESSED_PADDED:
-        return [k, ("V", (heads, Factor(max(qk_dim, attn.v_head_dim), "v_head_dim padded to K")))]
-    return [k, ("V", (heads, Factor(attn.v_head_dim, "v_head_dim")))]
+        return [k, ("V", (heads, Factor(max(qk_dim, attn.v_head_dim), "v_head_dim padded to K"))), *indexer]
+    return [k, ("V", (heads, Factor(attn.v_head_dim, "v_head_dim"))), *indexer]
 
 
 def _cells(engine: Engine, kind: LayerKind, tokens: int, seqs: int, window: int | None) -> int:
@@ -348,12 +366,20 @@ def _cells(engine: Engine, kind: LayerKind, tokens: int, seqs: int, window: int 
     return _round_up(_round_up(held, page) * seqs, pad)
 
 
+def indexer_fp8_bytes(values: int) -> int:
+    """DeepSeek's indexer key format: ``values`` fp8 bytes + one fp32 scale per 128 values
+    (132 B for index_head_dim 128)."""
+    return values + ceil_div(values, INDEXER_SCALE_GROUP) * 4
+
+
 def _round_up(n: int, multiple: int) -> int:
     return ceil_div(n, multiple) * multiple
 
 
-def _row_bytes(fmt: Format, name: str, factors, spec: ModelSpec, cache) -> int:
+def _row_bytes(fmt: Format, engine: Engine, name: str, factors, spec: ModelSpec, cache) -> int:
     """Bytes of one token's row of this part in one layer; blocks run along the row."""
+    if name == INDEXER_KEY and engine.indexer_keys is IndexerKeys.FP8_SCALED:
+        return indexer_fp8_bytes(math.prod(f.size for f in factors))
     if not isinstance(fmt, PackedMlaFormat):
         return fmt.row_bytes(math.prod(f.size for f in factors))
     _check_packed(fmt, spec, cache)
@@ -384,7 +410,8 @@ def _notes(spec: ModelSpec, cache, par: Parallel, options: Options, mtp: int) ->
     attn = spec.attention
     if tp > 1 and cache in (MlaCache.LATENT, MlaCache.LATENT_KV):
         avoid = "" if par.dp_attention > 1 else "; --dp-attention avoids this"
-        notes.append(f"latent replicated on {tp} attention-TP ranks: {tp}× the single copy{avoid}")
+        what = "latent and DSA indexer keys" if attn.index_head_dim is not None else "latent"
+        notes.append(f"{what} replicated on {tp} attention-TP ranks: {tp}× the single copy{avoid}")
     elif tp > 1 and isinstance(attn, StandardAttention) and tp > attn.num_kv_heads:
         copies = tp // attn.num_kv_heads
         notes.append(

@@ -23,7 +23,7 @@ Sources, per profile:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kvcalc.errors import OptionError
@@ -36,6 +36,13 @@ class MlaCache(StrEnum):
     LATENT_KV = "latent-kv"  # K = latent + rope key, V = the latent again (llama.cpp 2025)
     DECOMPRESSED = "decompressed"  # per-head K (d_nope + d_R) and V (d_v)
     DECOMPRESSED_PADDED = "decompressed-padded"  # ... with V padded to the K width (vLLM, MLA off)
+
+
+class IndexerKeys(StrEnum):
+    """How a DSA model's indexer keys are stored (DeepSeek-V3.2)."""
+
+    FP8_SCALED = "fp8-scaled"  # fp8 values + one fp32 scale per 128: DeepSeek's own format
+    CACHE_DTYPE = "cache-dtype"  # in the cache's dtype, like K and V: transformers
 
 
 class WindowRule(StrEnum):
@@ -65,14 +72,53 @@ class Engine:
     """How it caches MLA, in words (shown for MLA models only)."""
     rules: tuple[str, ...] = ()
     """What else the profile does, in words, for ``show --explain``."""
+    indexer_keys: IndexerKeys | None = IndexerKeys.FP8_SCALED
+    """DSA models' indexer keys; None: the engine does not run DeepSeek Sparse Attention."""
+    dsa_page: int | None = None
+    """The page a DSA model runs with, whatever the variant (the indexer's kernels need it)."""
+    dsa_formats: tuple[str, ...] | None = None
+    """The formats a DSA model's latent is stored in (None: ``formats``)."""
 
-    def check(self, kv_dtype: str, is_mla: bool) -> None:
+    def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
             raise OptionError(
                 f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
             )
         if self.mla_only and not is_mla:
             raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
+        if has_indexer:
+            self._check_dsa(kv_dtype)
+
+    def _check_dsa(self, kv_dtype: str) -> None:
+        if self.indexer_keys is None:
+            raise OptionError(f"--engine {self.name}: does not run DeepSeek Sparse Attention "
+                              "(the DSA indexer)")
+        if self.dsa_formats is None or kv_dtype in self.dsa_formats:
+            return
+        if kv_dtype.startswith("fp8"):
+            raise OptionError(
+                f"--kv-dtype {kv_dtype}: {self.name} stores a DSA model's fp8 latent as fp8_ds_mla "
+                "(656 B) on Hopper and as plain fp8 (576 B) on Blackwell; kvcalc models the first: "
+                "--kv-dtype fp8_ds_mla"
+            )
+        raise OptionError(f"--kv-dtype {kv_dtype}: {self.name} stores a DSA model's latent in "
+                          f"{', '.join(self.dsa_formats)} only")
+
+    def for_dsa(self, block_size: int | None) -> Engine:
+        """This profile for a DSA model: its indexer's page, and what the indexer caches."""
+        if self.dsa_page is None:
+            return self
+        if block_size is not None and block_size != self.dsa_page:
+            raise OptionError(f"--block-size {block_size}: {self.name} runs DSA models with pages of "
+                              f"{self.dsa_page} tokens (its indexer kernels take no other)")
+        rules = tuple(r for r in self.rules if not r.startswith("pages of"))
+        return replace(self, page_tokens=self.dsa_page, rules=(
+            f"DSA: pages of {self.dsa_page} tokens (the indexer's kernels), latent and indexer keys "
+            "in one KV-cache group",
+            "DSA indexer keys: 128 fp8 values + one fp32 scale per 128 = 132 B per token and layer, "
+            "whatever --kv-dtype; replicated on every TP rank like the latent",
+            *rules,
+        ))
 
 
 _VLLM_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla")
@@ -90,8 +136,13 @@ IDEAL = Engine(
 )
 
 
-def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str) -> Engine:
+def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = True) -> Engine:
+    """vLLM runs DSA (DeepSeek-V3.2) on its sparse MLA backends only, pages of 64, latent in bf16,
+    fp16 or fp8_ds_mla (models/deepseek_v32/attention.py, v1/attention/backends/mla/indexer.py)."""
     return Engine(
+        indexer_keys=IndexerKeys.FP8_SCALED if dsa else None,
+        dsa_page=64,
+        dsa_formats=("bf16", "fp16", "fp8_ds_mla"),
         name=f"vllm@{variant}",
         mla_cache=mla_cache,
         page_tokens=page,
@@ -107,7 +158,11 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str) -> Engine:
 
 
 def _sglang(variant: str, page: int) -> Engine:
+    """SGLang's DSATokenToKVPool: pages forced to 64, latent in bf16 or (Hopper, fp8_e4m3) the
+    656-B packing, indexer keys 132 B (mem_cache/memory_pool.py, mem_cache/index_key_cache.py)."""
     return Engine(
+        dsa_page=64,
+        dsa_formats=("bf16", "fp8_ds_mla"),
         name=f"sglang@{variant}",
         mla_cache=MlaCache.LATENT,
         page_tokens=page,
@@ -121,6 +176,7 @@ def _sglang(variant: str, page: int) -> Engine:
 
 def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
     return Engine(
+        indexer_keys=None,
         name=f"llama.cpp@{era}",
         mla_cache=mla_cache,
         page_tokens=1,
@@ -136,8 +192,9 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
     )
 
 
-def _transformers(version: str, mla_cache: MlaCache) -> Engine:
+def _transformers(version: str, mla_cache: MlaCache, indexer: IndexerKeys | None) -> Engine:
     return Engine(
+        indexer_keys=indexer,
         name=f"transformers@{version}",
         mla_cache=mla_cache,
         page_tokens=1,
@@ -152,8 +209,9 @@ def _transformers(version: str, mla_cache: MlaCache) -> Engine:
     )
 
 
-def _reference(mode: str, mla_cache: MlaCache) -> Engine:
+def _reference(mode: str, mla_cache: MlaCache, indexer: IndexerKeys | None) -> Engine:
     return Engine(
+        indexer_keys=indexer,
         name=f"reference@{mode}",
         mla_cache=mla_cache,
         page_tokens=1,
@@ -173,12 +231,13 @@ ENGINES: dict[str, Engine] = {
     for e in [
         _vllm("flashmla", 64, MlaCache.LATENT, "MLA: one 576-wide KV head (FlashMLA backend)"),
         _vllm("default", 16, MlaCache.LATENT, "MLA: one 576-wide KV head"),
-        _vllm("cutlass-mla", 128, MlaCache.LATENT, "MLA: one 576-wide KV head (CUTLASS MLA)"),
+        _vllm("cutlass-mla", 128, MlaCache.LATENT, "MLA: one 576-wide KV head (CUTLASS MLA)", dsa=False),
         _vllm(
             "no-mla",
             16,
             MlaCache.DECOMPRESSED_PADDED,
             "VLLM_MLA_DISABLE=1: per-head K and V, V padded to the K width",
+            dsa=False,
         ),
         _sglang("default", 1),
         _sglang("flashmla", 64),
@@ -186,10 +245,12 @@ ENGINES: dict[str, Engine] = {
         _llama_cpp("2026", MlaCache.LATENT, "MLA: K = latent + rope key (576), V a view of K"),
         _llama_cpp("2025", MlaCache.LATENT_KV, "MLA: K = latent + rope key (576), V = latent (512)"),
         _llama_cpp("2024", MlaCache.DECOMPRESSED, "MLA: per-head K and V (before April 2025)"),
-        _transformers("5.15", MlaCache.LATENT),
-        _transformers("5.14", MlaCache.DECOMPRESSED),
-        _reference("absorb", MlaCache.LATENT),
-        _reference("naive", MlaCache.DECOMPRESSED),
+        _transformers("5.15", MlaCache.LATENT, IndexerKeys.CACHE_DTYPE),
+        _transformers("5.14", MlaCache.DECOMPRESSED, None),
+        # DeepSeek-V3.2-Exp inference/model.py: the indexer's k_cache in fp8 + k_scale_cache fp32 per
+        # 128; the MLA part always latent (no naive mode).
+        _reference("absorb", MlaCache.LATENT, IndexerKeys.FP8_SCALED),
+        _reference("naive", MlaCache.DECOMPRESSED, None),
     ]
 }
 

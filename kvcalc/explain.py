@@ -7,9 +7,10 @@ Pure text: the CLI decides where it goes.
 
 from __future__ import annotations
 
-from kvcalc.analytic import Footprint, Part
+from kvcalc.analytic import INDEXER_KEY, INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
 from kvcalc.engines import Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
+from kvcalc.parallel import ceil_div
 from kvcalc.spec import LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
@@ -32,7 +33,7 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
     if len(groups) > 1:
         lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
     if fp.engine.name != "ideal":
-        mla = (fp.engine.mla_rule,) if fp.attention == "MLA" else ()
+        mla = (fp.engine.mla_rule,) if fp.attention.startswith("MLA") else ()
         lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
         lines += [f"  - {rule}" for rule in (*mla, *fp.engine.rules)]
     if with_totals:
@@ -81,12 +82,17 @@ def _group_lines(fp, fmt, kind: LayerKind, parts: list[Part], *, labelled: bool)
         label = "full layers: "
         if kind is LayerKind.SLIDING:
             label = f"sliding layers (window {fp.sliding_window:,}): "
-    if isinstance(fmt, StorageFormat) and not fmt.is_blocked:
+    if isinstance(fmt, StorageFormat) and not fmt.is_blocked and all(_plain(fmt, p) for p in parts):
         return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {rate:,} B/token"]
     rows = [f"  {p.name}: {_row_text(fmt, p)}" for p in parts]
     row_sum = " + ".join(f"{p.bytes_per_token_layer:,}" for p in parts)
     row_sum = f"({row_sum})" if len(parts) > 1 else row_sum
     return rows + [f"  {label}{row_sum} B × {layers} = {rate:,} B/token"]
+
+
+def _plain(fmt: StorageFormat, part: Part) -> bool:
+    """Whether the part is stored in the cache's format (a DSA indexer key may not be)."""
+    return part.bytes_per_token_layer == fmt.row_bytes(part.values)
 
 
 def _values_expr(parts: list[Part]) -> str:
@@ -97,6 +103,10 @@ def _values_expr(parts: list[Part]) -> str:
 
 
 def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
+    if part.name == INDEXER_KEY and part.bytes_per_token_layer == indexer_fp8_bytes(part.values):
+        scales = ceil_div(part.values, INDEXER_SCALE_GROUP)
+        return (f"{part.values} fp8 values × 1 B + {scales} fp32 scale{'s' * (scales > 1)} × 4 B "
+                f"= {part.bytes_per_token_layer:,} B (DeepSeek's indexer format, whatever the cache dtype)")
     if isinstance(fmt, PackedMlaFormat):
         if part.name == "latent":
             scales = fmt.kv_lora_rank // fmt.scale_group
@@ -105,6 +115,8 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
                 f"{fmt.scale_bytes} B = {part.bytes_per_token_layer:,} B"
             )
         return f"{part.values} × {fmt.rope_value_bytes} B = {part.bytes_per_token_layer:,} B"
+    if not fmt.is_blocked:
+        return f"{part.values:,} values × {fmt.block_bytes} B = {part.bytes_per_token_layer:,} B"
     blocks = fmt.blocks(part.values)
     return (
         f"{part.values:,} values = {blocks} {fmt.name} blocks × {fmt.block_bytes} B"
@@ -182,7 +194,7 @@ def _first_group_of(parts: tuple[Part, ...]) -> list[Part]:
 
 
 def _mha_line(fp: Footprint, mha: Footprint) -> str:
-    what = "decompressed layout" if fp.attention == "MLA" else "one KV head per query head"
+    what = "decompressed layout" if fp.attention.startswith("MLA") else "one KV head per query head"
     saving = humanize_saving(fp.bytes_per_token, mha.bytes_per_token)
     return (
         f"MHA equivalent ({what}, {mha.kv_dtype}): {mha.bytes_per_token:,} B/token "

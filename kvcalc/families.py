@@ -92,6 +92,8 @@ class Family:
     defaults: Mapping[str, object] = field(default_factory=dict)
     """Class defaults of the fields kvcalc reads, applied only when the key is absent."""
     mla: bool = False
+    indexer: bool = False
+    """DeepSeek Sparse Attention: a lightning indexer's key cached beside the latent."""
     refuse: tuple[str, ...] = ()
     """Fields that, set, change the cache in a way kvcalc does not model."""
 
@@ -138,6 +140,8 @@ FAMILIES: dict[str, Family] = {
                       {"use_sliding_window": False, "sliding_window": None, "no_rope_layer_interval": 4}),
     "deepseek_v2": Family(_cfg("deepseek_v2"), defaults=_MLA_V3, mla=True),
     "deepseek_v3": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
+    "deepseek_v32": Family(_cfg("deepseek_v32"), mla=True, indexer=True,
+                           defaults={**_MLA_V3, "index_head_dim": 128, "index_n_heads": 64}),
     # Kimi-K2's config names its own type, runs DeepseekV3ForCausalLM (its `architectures`).
     "kimi_k2": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
     "minicpm3": Family(_cfg("minicpm3"), mla=True,
@@ -148,7 +152,7 @@ FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # an old single-level Gemma-3 conf
 
 NOT_MODELLED: dict[str, str] = {
     **dict.fromkeys(("llama4", "llama4_text"), "chunked local attention (attention_chunk_size)"),
-    **dict.fromkeys(("deepseek_v32", "glm_moe_dsa"), "the DSA lightning indexer's key cache"),
+    "glm_moe_dsa": "indexer layers that reuse another layer's selection (indexer_types)",
     "deepseek_v4": "compressed sparse and heavily compressed attention (compress_rates)",
     **dict.fromkeys(("gemma3n", "gemma3n_text", "gemma4", "gemma4_text"),
                     "layers that share another layer's cache (num_kv_shared_layers)"),

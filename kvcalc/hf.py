@@ -42,7 +42,7 @@ _BOUNDS = {
                      "max_window_layers", "first_k_dense_replace", "sliding_window_pattern"), MAX_LAYERS),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "num_key_value_heads",
                      "num_kv_heads", "n_head_kv", "n_routed_experts", "num_local_experts", "num_experts",
-                     "n_shared_experts"), MAX_HEADS),
+                     "n_shared_experts", "index_n_heads"), MAX_HEADS),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window"), MAX_TOKENS),
 }
 """Upper bounds of the integer fields read; any other (dimensions, vocabulary, MLP widths) is at
@@ -54,7 +54,7 @@ _INT_FIELDS = (
     "sliding_window_pattern", "max_window_layers", "max_position_embeddings", "n_positions",
     "num_nextn_predict_layers", "vocab_size", "intermediate_size", "moe_intermediate_size",
     "shared_expert_intermediate_size", "n_routed_experts", "num_local_experts", "num_experts",
-    "n_shared_experts", "first_k_dense_replace",
+    "n_shared_experts", "first_k_dense_replace", "index_head_dim", "index_n_heads", "index_topk",
 )
 """Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
 included: ignored for the cache, still checked)."""
@@ -85,7 +85,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
     heads = cfg.first_int("num_attention_heads", "n_head", "num_heads")
     if family.mla:
-        attention = _mla(cfg, heads)
+        attention = _mla(cfg, heads, family.indexer)
     else:
         attention = _standard(cfg, heads, hidden)
     fields = {
@@ -97,7 +97,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
         "mtp_layers": cfg.optional_int("num_nextn_predict_layers", low=0) or 0,
         "attention": attention,
-        **_windows(cfg, family, layers),
+        **_windows(cfg, family, layers, family.indexer),
     }
     spec = _validate(fields, origin)
     params = _params(cfg, model_type, spec)
@@ -184,13 +184,17 @@ class _Config:
         return value
 
 
-def _mla(cfg: _Config, heads: int) -> dict:
+def _mla(cfg: _Config, heads: int, indexer: bool) -> dict:
     q_lora = cfg.optional_int("q_lora_rank")
     v_dim = cfg.optional_int("v_head_dim")
     if v_dim is None:
         v_dim = cfg.first_int("qk_nope_head_dim")
         cfg.assume(f"v_head_dim {v_dim} = qk_nope_head_dim (absent from the config)")
+    index = {}
+    if indexer:  # DeepSeek-V3.2: the lightning indexer's key, cached beside the latent
+        index = {key: cfg.first_int(key) for key in ("index_head_dim", "index_n_heads")}
     return {
+        **index,
         "kind": "mla",
         "num_heads": heads,
         "q_lora_rank": q_lora,
@@ -261,12 +265,14 @@ def _check_fields(cfg: _Config, data: dict) -> None:
                 raise SpecError(f"{cfg.origin}: {key}: {_show(raw[key])}: expected a string")
 
 
-def _windows(cfg: _Config, family: Family, layers: int) -> dict:
+def _windows(cfg: _Config, family: Family, layers: int, indexed: bool) -> dict:
     """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full):
-    the config's ``layer_types``, else the family's rule (``families.py``)."""
+    the config's ``layer_types``, else the family's rule (``families.py``). Under DSA a layer
+    is ``indexed_attention``: it holds every token, as a full one does."""
     types = cfg.raw.get("layer_types")
     if types is not None:
-        return _from_layer_types(cfg, types, layers)
+        return _from_layer_types(cfg, types, layers, {**_LAYER_TYPES, "indexed_attention": "full"} if indexed
+                                 else _LAYER_TYPES)
     try:
         kinds = family.layout(Fields(cfg.value), layers)
     except ValueError as e:
@@ -274,16 +280,16 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     return _shape(cfg, kinds)
 
 
-def _from_layer_types(cfg: _Config, types: Any, layers: int) -> dict:
+def _from_layer_types(cfg: _Config, types: Any, layers: int, known: dict[str, str]) -> dict:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise SpecError(f"{cfg.origin}: layer_types: {_show(types)}: expected a list of strings")
-    unknown = sorted({t for t in types if t not in _LAYER_TYPES}, key=str)
+    unknown = sorted({t for t in types if t not in known}, key=str)
     if unknown:
         raise SpecError(
             f"{cfg.origin}: layer_types: {unknown[0]!r} is not supported "
-            f"(kvcalc models {', '.join(_LAYER_TYPES)})"
+            f"(kvcalc models {', '.join(known)} here)"
         )
-    kinds = tuple(_LAYER_TYPES[t] for t in types)
+    kinds = tuple(known[t] for t in types)
     if len(kinds) != layers:
         raise SpecError(
             f"{cfg.origin}: layer_types: lists {len(kinds)} layers but num_hidden_layers is {layers}"

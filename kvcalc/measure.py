@@ -106,6 +106,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_buildable(spec: ModelSpec) -> None:
+    """A model whose layers kvcalc builds, or one line saying what it cannot build."""
+    attn = spec.attention
+    if isinstance(attn, MlaAttention) and attn.index_head_dim is not None:
+        raise OptionError(f"{spec.name}: measure does not build the DSA indexer yet; its cache is "
+                          "computed (kvcalc show), not measured")
+
+
 def check_options(options: MeasureOptions) -> None:
     if options.kv_dtype not in CACHE_DTYPES:
         raise OptionError(

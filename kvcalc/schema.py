@@ -42,6 +42,8 @@ class MlaAttentionFile(_Frozen):
     qk_nope_head_dim: _size("qk_nope_head_dim")
     qk_rope_head_dim: _size("qk_rope_head_dim")
     v_head_dim: _size("v_head_dim")
+    index_head_dim: _size("index_head_dim") | None = None
+    index_n_heads: _size("index_n_heads") | None = None
 
 
 class ModelSpecFile(_Frozen):

@@ -34,6 +34,7 @@ BOUNDS: dict[str, int] = {
     "num_heads": MAX_HEADS, "num_kv_heads": MAX_HEADS,
     "hidden_size": MAX_DIM, "head_dim": MAX_DIM, "v_head_dim": MAX_DIM, "q_lora_rank": MAX_DIM,
     "kv_lora_rank": MAX_DIM, "qk_nope_head_dim": MAX_DIM, "qk_rope_head_dim": MAX_DIM,
+    "index_head_dim": MAX_DIM, "index_n_heads": MAX_HEADS,
     "sliding_window": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
     "params": MAX_PARAMS,
 }
@@ -91,6 +92,10 @@ class MlaAttention:
 
     The latent layout caches ``kv_lora_rank`` (d_c) + ``qk_rope_head_dim`` (d_R) values per token
     and layer, independent of the head count. ``q_lora_rank`` is None for a plain query projection.
+
+    DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) adds a lightning indexer: ``index_n_heads``
+    query heads score every cached token against one shared key of ``index_head_dim`` values, cached
+    per token and layer beside the latent (transformers' ``DeepseekV32Indexer``).
     """
 
     kind: ClassVar[str] = "mla"
@@ -100,15 +105,22 @@ class MlaAttention:
     qk_nope_head_dim: int
     qk_rope_head_dim: int
     v_head_dim: int
+    index_head_dim: int | None = None
+    index_n_heads: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive(num_heads=self.num_heads, q_lora_rank=self.q_lora_rank,
                         kv_lora_rank=self.kv_lora_rank, qk_nope_head_dim=self.qk_nope_head_dim,
-                        qk_rope_head_dim=self.qk_rope_head_dim, v_head_dim=self.v_head_dim)
+                        qk_rope_head_dim=self.qk_rope_head_dim, v_head_dim=self.v_head_dim,
+                        index_head_dim=self.index_head_dim, index_n_heads=self.index_n_heads)
+        if (self.index_head_dim is None) != (self.index_n_heads is None):
+            raise ValueError("index_head_dim and index_n_heads: give both (a DSA indexer) or neither")
+        if self.index_head_dim is not None and self.q_lora_rank is None:
+            raise ValueError("index_head_dim: the DSA indexer reads the low-rank query; q_lora_rank is null")
 
     @property
     def variant(self) -> str:
-        return "MLA"
+        return "MLA" if self.index_head_dim is None else "MLA+DSA"
 
     def weight_count(self, hidden_size: int) -> int:
         """Parameters of the query path (q_a_proj, its norm, q_b_proj; or q_proj), kv_a_proj_with_mqa,
@@ -119,7 +131,15 @@ class MlaAttention:
         q = hidden_size * q_dim if q_lora is None else hidden_size * q_lora + q_lora + q_lora * q_dim
         kv = hidden_size * (rank + self.qk_rope_head_dim) + rank
         kv += rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
-        return q + kv + heads * self.v_head_dim * hidden_size
+        return q + kv + heads * self.v_head_dim * hidden_size + self._indexer_weights(hidden_size)
+
+    def _indexer_weights(self, hidden_size: int) -> int:
+        """wq_b (q_lora_rank -> heads x head_dim), wk, k_norm (LayerNorm: weight and bias) and
+        weights_proj of transformers' ``DeepseekV32Indexer``."""
+        if self.index_head_dim is None:
+            return 0
+        dim, heads = self.index_head_dim, self.index_n_heads
+        return self.q_lora_rank * heads * dim + hidden_size * dim + 2 * dim + hidden_size * heads
 
 
 Attention = StandardAttention | MlaAttention

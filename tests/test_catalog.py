@@ -15,6 +15,7 @@ EXPECTED_BF16_BYTES_PER_TOKEN = {
     "deepseek-v2": (512 + 64) * 2 * 60,
     "deepseek-v2-lite": (512 + 64) * 2 * 27,
     "deepseek-v3": 70_272,  # (512 + 64) x 2 x 61
+    "deepseek-v3.2": 78_324,  # ((512 + 64) x 2 + 132 indexer) x 61
     "deepseek-r1": 70_272,
     "kimi-k2": 70_272,
     "minicpm3-4b": (256 + 32) * 2 * 62,
@@ -67,7 +68,7 @@ def test_bundled_spec(name):
 
 
 def test_mtp_layers_only_where_published():
-    assert {n for n in bundled_names() if load_bundled(n).mtp_layers} == {"deepseek-v3", "deepseek-r1"}
+    assert {n for n in bundled_names() if load_bundled(n).mtp_layers} == {"deepseek-v3", "deepseek-r1", "deepseek-v3.2"}
 
 
 def test_gemma3_global_layers_are_every_sixth():

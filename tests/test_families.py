@@ -88,7 +88,7 @@ def test_heads_match_transformers(tmp_path, model_type):
     assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (text.num_key_value_heads, head_dim)
 
 
-@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "minicpm3"])
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3"])
 def test_mla_families_take_the_class_defaults(tmp_path, model_type):
     config = {"model_type": model_type, **BASE}
     spec = read(config, tmp_path)
@@ -155,7 +155,7 @@ def test_fields_a_family_does_not_use_are_refused(tmp_path, fields, message):
 
 
 def test_every_family_is_covered_here():
-    tested = {t for t, _ in CASES} | {"deepseek_v2", "deepseek_v3", "minicpm3", "falcon"}
+    tested = {t for t, _ in CASES} | {"deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3", "falcon"}
     assert set(FAMILIES) - tested == {"kimi_k2", "gemma3"}  # not transformers types / an alias
 
 
@@ -186,6 +186,7 @@ MODELS = [
     ("smollm3", {**WINDOW, "use_sliding_window": True}),
     ("falcon", {"head_dim": None}),
     ("deepseek_v3", {**TINY_MOE, **TINY_MLA}), ("deepseek_v2", {**TINY_MOE, **TINY_MLA, "q_lora_rank": None}),
+    ("deepseek_v32", {**TINY_MOE, **TINY_MLA, "index_head_dim": 32, "index_n_heads": 4, "index_topk": 8}),
     ("minicpm3", TINY_MLA),
 ]
 
@@ -195,7 +196,7 @@ def test_cache_bytes_match_transformers(tmp_path, model_type, fields):
     """A tiny model of the family, built by transformers from the config kvcalc reads: a 20-token
     prefill and one decode step, then every tensor its DynamicCache holds, summed, equals kvcalc's
     --engine transformers figure for 21 tokens (fp32, the model's dtype). Sliding layers hold the
-    last window - 1 tokens; MLA layers the latent and the rope key."""
+    last window - 1 tokens; MLA layers the latent and the rope key; DSA layers the indexer keys too."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -205,6 +206,14 @@ def test_cache_bytes_match_transformers(tmp_path, model_type, fields):
     with torch.no_grad():
         cache = model(torch.randint(0, 128, (1, 20)), use_cache=True).past_key_values
         model(torch.randint(0, 128, (1, 1)), past_key_values=cache, use_cache=True)
-    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    held = 0
+    for layer in cache.layers:
+        for name, t in vars(layer).items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            if name in ("keys", "values", "indexer_keys"):
+                held += t.numel() * t.element_size()
+            else:  # bookkeeping (a sliding layer's window size), never per-token data
+                assert t.numel() <= 1, name
     spec = read(config, tmp_path)
     assert footprint(spec, Options(21, kv_dtype="fp32", engine="transformers")).total_bytes == held

@@ -9,11 +9,22 @@ torch = pytest.importorskip("torch")
 from kvcalc.analytic import Layout  # noqa: E402
 from kvcalc.catalog import bundled_names, load_bundled  # noqa: E402
 from kvcalc.errors import OptionError  # noqa: E402
-from kvcalc.measure import MeasureOptions, measure, resolve_device  # noqa: E402
+from kvcalc.measure import MeasureOptions, check_buildable, measure, resolve_device  # noqa: E402
 
 CPU = torch.device("cpu")
+NOT_BUILT = {"deepseek-v3.2"}  # the DSA indexer: computed, not measured yet (check_buildable)
 LAYOUTS = {n: [Layout.LATENT, Layout.DECOMPRESSED] if load_bundled(n).attention.kind == "mla"
-           else [Layout.LATENT] for n in bundled_names()}
+           else [Layout.LATENT] for n in bundled_names() if n not in NOT_BUILT}
+
+
+def test_every_bundled_model_is_measured_but_those_measure_refuses():
+    refused = set()
+    for name in bundled_names():
+        try:
+            check_buildable(load_bundled(name))
+        except OptionError:
+            refused.add(name)
+    assert refused == NOT_BUILT
 
 
 @pytest.mark.parametrize(("name", "layout"), [(n, lay) for n, ls in LAYOUTS.items() for lay in ls])
