@@ -111,7 +111,7 @@ class Engine:
         if block_size is not None and block_size != self.dsa_page:
             raise OptionError(f"--block-size {block_size}: {self.name} runs DSA models with pages of "
                               f"{self.dsa_page} tokens (its indexer kernels take no other)")
-        rules = tuple(r for r in self.rules if not r.startswith("pages of"))
+        rules = tuple(r for r in self.rules if not r.startswith("pages of"))  # the variant's own page
         return replace(self, page_tokens=self.dsa_page, rules=(
             f"DSA: pages of {self.dsa_page} tokens (the indexer's kernels), latent and indexer keys "
             "in one KV-cache group",

@@ -16,43 +16,38 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-Layout = Callable[["Fields", int], tuple[str, ...]]
+Get = Callable[[str], object]
+"""A config's value by key, the family's class default filled in when the key is absent."""
+Layout = Callable[[Get, int], tuple[str, ...]]
 """A family's rule: the kind of every layer ("full" or "sliding") when layer_types is absent."""
 
 
-class Fields:
-    """What a layout rule reads: a config's values with the family's class defaults filled in."""
-
-    def __init__(self, get: Callable[[str], object]) -> None:
-        self.get = get
-
-
-def all_full(fields: Fields, layers: int) -> tuple[str, ...]:
+def all_full(get: Get, layers: int) -> tuple[str, ...]:
     return ("full",) * layers
 
 
-def every_layer(fields: Fields, layers: int) -> tuple[str, ...]:
+def every_layer(get: Get, layers: int) -> tuple[str, ...]:
     """No layer_types: a sliding_window makes every layer slide (Mistral, Mixtral, Phi-3)."""
-    return (("sliding" if fields.get("sliding_window") is not None else "full"),) * layers
+    return (("sliding" if get("sliding_window") is not None else "full"),) * layers
 
 
-def gated_every_layer(fields: Fields, layers: int) -> tuple[str, ...]:
+def gated_every_layer(get: Get, layers: int) -> tuple[str, ...]:
     """Qwen3-MoE: the window only with use_sliding_window, then on every layer."""
-    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
+    on = get("use_sliding_window") and get("sliding_window") is not None
     return ("sliding" if on else "full",) * layers
 
 
-def qwen_from(fields: Fields, layers: int) -> tuple[str, ...]:
+def qwen_from(get: Get, layers: int) -> tuple[str, ...]:
     """Qwen2 / Qwen3: with use_sliding_window, layers from max_window_layers on slide."""
-    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
-    first = fields.get("max_window_layers")
+    on = get("use_sliding_window") and get("sliding_window") is not None
+    first = get("max_window_layers")
     return tuple("sliding" if on and i >= first else "full" for i in range(layers))
 
 
-def qwen2_moe(fields: Fields, layers: int) -> tuple[str, ...]:
+def qwen2_moe(get: Get, layers: int) -> tuple[str, ...]:
     """Qwen2-MoE: with use_sliding_window, even layers below max_window_layers slide."""
-    on = fields.get("use_sliding_window")
-    first = fields.get("max_window_layers")
+    on = get("use_sliding_window")
+    first = get("max_window_layers")
     return tuple("sliding" if on and i % 2 == 0 and i < first else "full" for i in range(layers))
 
 
@@ -60,8 +55,8 @@ def period(key: str | None, default: int) -> Layout:
     """Layer i is full when (i + 1) is a multiple of the period, else sliding (Gemma-2: 2,
     Gemma-3: sliding_window_pattern 6, Cohere2 and EXAONE-4: 4, gpt-oss: 2, OLMo-3: 4)."""
 
-    def layout(fields: Fields, layers: int) -> tuple[str, ...]:
-        every = default if key is None else fields.get(key)
+    def layout(get: Get, layers: int) -> tuple[str, ...]:
+        every = default if key is None else get(key)
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"{key}: {every!r}: expected a positive integer")
         return tuple("full" if (i + 1) % every == 0 else "sliding" for i in range(layers))
@@ -69,13 +64,13 @@ def period(key: str | None, default: int) -> Layout:
     return layout
 
 
-def smollm3(fields: Fields, layers: int) -> tuple[str, ...]:
+def smollm3(get: Get, layers: int) -> tuple[str, ...]:
     """SmolLM3: with use_sliding_window, the NoPE layers slide (every no_rope_layer_interval-th,
     or those no_rope_layers marks 0)."""
-    on = fields.get("use_sliding_window") and fields.get("sliding_window") is not None
-    rope = fields.get("no_rope_layers")
+    on = get("use_sliding_window") and get("sliding_window") is not None
+    rope = get("no_rope_layers")
     if rope is None:
-        interval = fields.get("no_rope_layer_interval")
+        interval = get("no_rope_layer_interval")
         rope = [int((i + 1) % interval != 0) for i in range(layers)]
     if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
         raise ValueError(f"no_rope_layers: expected {layers} entries of 0 or 1")

@@ -25,7 +25,6 @@ from kvcalc.families import (
     NOT_MODELLED,
     UNRELATED_FIELDS,
     Family,
-    Fields,
     all_full,
 )
 from kvcalc.spec import MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_TOKENS, ModelSpec, StandardAttention
@@ -274,7 +273,7 @@ def _windows(cfg: _Config, family: Family, layers: int, indexed: bool) -> dict:
         return _from_layer_types(cfg, types, layers, {**_LAYER_TYPES, "indexed_attention": "full"} if indexed
                                  else _LAYER_TYPES)
     try:
-        kinds = family.layout(Fields(cfg.value), layers)
+        kinds = family.layout(cfg.value, layers)
     except ValueError as e:
         raise SpecError(f"{cfg.origin}: {e}") from None
     return _shape(cfg, kinds)
