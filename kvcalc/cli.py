@@ -189,7 +189,7 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show one model's cache: its parts, and with --explain the formula behind each figure."""
-    from kvcalc.explain import explain
+    from kvcalc.explain import explain, shared_layers_text
 
     spec = resolve(model)
     seq_len = parse_tokens(seq) if seq is not None else None
@@ -204,6 +204,7 @@ def show(
     else:
         columns = views.PART_COLUMNS if seq_len else views.PART_COLUMNS_PER_TOKEN
         notes = views.show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
+        notes += [text for text in [shared_layers_text(spec)] if text]
         text = render(columns, fp.parts, fmt, title=lines[0], notes=notes, width=_width(output))
     _emit(text, output, inputs=[model])
 

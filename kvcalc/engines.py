@@ -78,8 +78,10 @@ class Engine:
     """The page a DSA model runs with, whatever the variant (the indexer's kernels need it)."""
     dsa_formats: tuple[str, ...] | None = None
     """The formats a DSA model's latent is stored in (None: ``formats``)."""
+    shares_layers: bool = False
+    """Whether layers that reuse another layer's cache (Gemma-3n) are known to hold none here."""
 
-    def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False) -> None:
+    def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
             raise OptionError(
                 f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
@@ -88,6 +90,9 @@ class Engine:
             raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
         if has_indexer:
             self._check_dsa(kv_dtype)
+        if shared and not self.shares_layers:
+            raise OptionError(f"--engine {self.name}: how it caches layers that share another layer's "
+                              "cache (num_kv_shared_layers) is not modelled")
 
     def _check_dsa(self, kv_dtype: str) -> None:
         if self.indexer_keys is None:
@@ -128,6 +133,7 @@ _TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
 
 IDEAL = Engine(
     name="ideal",
+    shares_layers=True,
     mla_cache=None,
     page_tokens=1,
     window_rule=WindowRule.EXACT,
@@ -138,8 +144,11 @@ IDEAL = Engine(
 
 def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = True) -> Engine:
     """vLLM runs DSA (DeepSeek-V3.2) on its sparse MLA backends only, pages of 64, latent in bf16,
-    fp16 or fp8_ds_mla (models/deepseek_v32/attention.py, v1/attention/backends/mla/indexer.py)."""
+    fp16 or fp8_ds_mla (models/deepseek_v32/attention.py, v1/attention/backends/mla/indexer.py).
+    A layer with ``kv_sharing_target_layer_name`` (Gemma-3n) gets no cache spec and no memory
+    (v1/worker/gpu_model_runner.py ``get_kv_cache_spec``)."""
     return Engine(
+        shares_layers=True,
         indexer_keys=IndexerKeys.FP8_SCALED if dsa else None,
         dsa_page=64,
         dsa_formats=("bf16", "fp16", "fp8_ds_mla"),
@@ -159,7 +168,9 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
 
 def _sglang(variant: str, page: int) -> Engine:
     """SGLang's DSATokenToKVPool: pages forced to 64, latent in bf16 or (Hopper, fp8_e4m3) the
-    656-B packing, indexer keys 132 B (mem_cache/memory_pool.py, mem_cache/index_key_cache.py)."""
+    656-B packing, indexer keys 132 B (mem_cache/memory_pool.py, mem_cache/index_key_cache.py).
+    Gemma-3n's shared layers still get buffers there (num_effective_layers) and its sliding layers
+    hold every token (hybrid SWA memory off): not modelled, so refused."""
     return Engine(
         dsa_page=64,
         dsa_formats=("bf16", "fp8_ds_mla"),
@@ -175,7 +186,10 @@ def _sglang(variant: str, page: int) -> Engine:
 
 
 def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
+    """Gemma-3n's shared layers get no K/V tensors (``n_layer_kv_from_start``; llama-kv-cache.cpp
+    skips layers without ``has_kv`` and maps them to the layer they reuse)."""
     return Engine(
+        shares_layers=True,
         indexer_keys=None,
         name=f"llama.cpp@{era}",
         mla_cache=mla_cache,
@@ -192,9 +206,13 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
     )
 
 
-def _transformers(version: str, mla_cache: MlaCache, indexer: IndexerKeys | None) -> Engine:
+def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
+    """``version`` 5.15 stands for 5.15 and later (``modern``), checked against 5.23's real cache:
+    DSA indexer keys in the model dtype; a layer whose kv_sharing_mode is "reuse" is a
+    ``DummyLayer``, holding nothing. Neither is modelled for 5.14."""
     return Engine(
-        indexer_keys=indexer,
+        indexer_keys=IndexerKeys.CACHE_DTYPE if modern else None,
+        shares_layers=modern,
         name=f"transformers@{version}",
         mla_cache=mla_cache,
         page_tokens=1,
@@ -245,8 +263,8 @@ ENGINES: dict[str, Engine] = {
         _llama_cpp("2026", MlaCache.LATENT, "MLA: K = latent + rope key (576), V a view of K"),
         _llama_cpp("2025", MlaCache.LATENT_KV, "MLA: K = latent + rope key (576), V = latent (512)"),
         _llama_cpp("2024", MlaCache.DECOMPRESSED, "MLA: per-head K and V (before April 2025)"),
-        _transformers("5.15", MlaCache.LATENT, IndexerKeys.CACHE_DTYPE),
-        _transformers("5.14", MlaCache.DECOMPRESSED, None),
+        _transformers("5.15", MlaCache.LATENT, modern=True),
+        _transformers("5.14", MlaCache.DECOMPRESSED, modern=False),
         # DeepSeek-V3.2-Exp inference/model.py: the indexer's k_cache in fp8 + k_scale_cache fp32 per
         # 128; the MLA part always latent (no naive mode).
         _reference("absorb", MlaCache.LATENT, IndexerKeys.FP8_SCALED),

@@ -32,6 +32,8 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
         lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
+    if shared := shared_layers_text(spec):
+        lines.append(f"  {shared}")
     if fp.engine.name != "ideal":
         mla = (fp.engine.mla_rule,) if fp.attention.startswith("MLA") else ()
         lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
@@ -42,6 +44,15 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines += ["", *_gpu_lines(fp, with_totals)]
     lines += ["", _mha_line(fp, mha)]
     return lines
+
+
+def shared_layers_text(spec: ModelSpec) -> str | None:
+    """The layers that hold no cache of their own, in words (None when there are none)."""
+    shared = spec.layer_counts[LayerKind.SHARED]
+    if not shared:
+        return None
+    return (f"shared layers: {shared} of {spec.num_layers} reuse an earlier layer's cache "
+            "(num_kv_shared_layers): 0 B of their own")
 
 
 def _headline(fp: Footprint) -> str:

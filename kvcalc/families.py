@@ -87,6 +87,8 @@ class Family:
     defaults: Mapping[str, object] = field(default_factory=dict)
     """Class defaults of the fields kvcalc reads, applied only when the key is absent."""
     mla: bool = False
+    kv_shared: bool = False
+    """The last ``num_kv_shared_layers`` layers reuse earlier layers' caches (Gemma-3n)."""
     indexer: bool = False
     """DeepSeek Sparse Attention: a lightning indexer's key cached beside the latent."""
     refuse: tuple[str, ...] = ()
@@ -125,6 +127,10 @@ FAMILIES: dict[str, Family] = {
                           {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True,
                            "sliding_window_pattern": 6},
                           refuse=("use_bidirectional_attention",)),  # an encoder (EmbeddingGemma)
+    "gemma3n_text": Family(_cfg("gemma3n"), period(None, 5),
+                           {"sliding_window": 512, "head_dim": 256, "num_key_value_heads": 2,
+                            "num_kv_shared_layers": 15},
+                           kv_shared=True, refuse=("use_bidirectional_attention",)),
     "gpt_oss": Family(_cfg("gpt_oss"), period(None, 2), {"sliding_window": 128}),
     "cohere2": Family(_cfg("cohere2"), period("sliding_window_pattern", 4),
                       {"sliding_window": 4096, "sliding_window_pattern": 4}),
@@ -144,13 +150,14 @@ FAMILIES: dict[str, Family] = {
                                  "qk_nope_head_dim": 64, "v_head_dim": 64}),
 }
 FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # an old single-level Gemma-3 config
+FAMILIES["gemma3n"] = FAMILIES["gemma3n_text"]
 
 NOT_MODELLED: dict[str, str] = {
     **dict.fromkeys(("llama4", "llama4_text"), "chunked local attention (attention_chunk_size)"),
     "glm_moe_dsa": "indexer layers that reuse another layer's selection (indexer_types)",
     "deepseek_v4": "compressed sparse and heavily compressed attention (compress_rates)",
-    **dict.fromkeys(("gemma3n", "gemma3n_text", "gemma4", "gemma4_text"),
-                    "layers that share another layer's cache (num_kv_shared_layers)"),
+    **dict.fromkeys(("gemma4", "gemma4_text"),
+                    "per-layer shapes (global_head_dim, num_global_key_value_heads, attention_k_eq_v)"),
     "mimo_v2_flash": "per-layer shapes (its own KV heads on sliding layers, v_head_dim)",
     "longcat_flash": "two attention sublayers in every decoder layer",
     **dict.fromkeys(("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "kimi_linear", "minimax",

@@ -38,7 +38,8 @@ _FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 _BOUNDS = {
     **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_nextn_predict_layers",
-                     "max_window_layers", "first_k_dense_replace", "sliding_window_pattern"), MAX_LAYERS),
+                     "max_window_layers", "first_k_dense_replace", "sliding_window_pattern",
+                     "num_kv_shared_layers"), MAX_LAYERS),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "num_key_value_heads",
                      "num_kv_heads", "n_head_kv", "n_routed_experts", "num_local_experts", "num_experts",
                      "n_shared_experts", "index_n_heads"), MAX_HEADS),
@@ -54,10 +55,14 @@ _INT_FIELDS = (
     "num_nextn_predict_layers", "vocab_size", "intermediate_size", "moe_intermediate_size",
     "shared_expert_intermediate_size", "n_routed_experts", "num_local_experts", "num_experts",
     "n_shared_experts", "first_k_dense_replace", "index_head_dim", "index_n_heads", "index_topk",
+    "num_kv_shared_layers",
 )
 """Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
 included: ignored for the cache, still checked)."""
-_ZERO_OK = {"num_nextn_predict_layers", "max_window_layers", "n_shared_experts", "first_k_dense_replace"}
+_ZERO_OK = {"num_nextn_predict_layers", "max_window_layers", "n_shared_experts", "first_k_dense_replace",
+            "num_kv_shared_layers"}
+_PER_LAYER_OK = {"intermediate_size"}
+"""Fields a config may give per layer (Gemma-3n); they only feed the parameter count."""
 _FLAGS = ("use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias",
           "new_decoder_architecture", "use_bidirectional_attention")
 
@@ -255,6 +260,10 @@ def _check_fields(cfg: _Config, data: dict) -> None:
     """Every field kvcalc reads, checked where present, whichever path the config then takes: a
     wrong value is an error even where this config would not use it."""
     for key in _INT_FIELDS:
+        if isinstance(cfg.raw.get(key), list) and key in _PER_LAYER_OK:
+            for value in cfg.raw[key]:
+                cfg._int(key, value, 1)
+            continue
         cfg.optional_int(key, low=0 if key in _ZERO_OK else 1)
     for key in _FLAGS:
         cfg.flag(key)
@@ -265,21 +274,34 @@ def _check_fields(cfg: _Config, data: dict) -> None:
 
 
 def _windows(cfg: _Config, family: Family, layers: int, indexed: bool) -> dict:
-    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full):
-    the config's ``layer_types``, else the family's rule (``families.py``). Under DSA a layer
-    is ``indexed_attention``: it holds every token, as a full one does."""
+    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full): the
+    config's ``layer_types``, else the family's rule (``families.py``); then, in a family that
+    shares caches, its shared layers. Under DSA a layer is ``indexed_attention``: it holds every
+    token, as a full one does."""
     types = cfg.raw.get("layer_types")
     if types is not None:
-        return _from_layer_types(cfg, types, layers, {**_LAYER_TYPES, "indexed_attention": "full"} if indexed
-                                 else _LAYER_TYPES)
-    try:
-        kinds = family.layout(cfg.value, layers)
-    except ValueError as e:
-        raise SpecError(f"{cfg.origin}: {e}") from None
-    return _shape(cfg, kinds)
+        known = {**_LAYER_TYPES, "indexed_attention": "full"} if indexed else _LAYER_TYPES
+        kinds = _from_layer_types(cfg, types, layers, known)
+    else:
+        try:
+            kinds = family.layout(cfg.value, layers)
+        except ValueError as e:
+            raise SpecError(f"{cfg.origin}: {e}") from None
+    return _shape(cfg, _shared_tail(cfg, kinds) if family.kv_shared else kinds)
 
 
-def _from_layer_types(cfg: _Config, types: Any, layers: int, known: dict[str, str]) -> dict:
+def _shared_tail(cfg: _Config, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """Gemma-3n: the last ``num_kv_shared_layers`` layers reuse the cache of the last earlier layer
+    of their kind and hold none (transformers' ``kv_sharing_modes``, "reuse")."""
+    shared = cfg.optional_int("num_kv_shared_layers", low=0) or 0
+    own = len(kinds) - shared
+    if own < 0 or not set(kinds[own:]) <= set(kinds[:own]):
+        raise SpecError(f"{cfg.origin}: num_kv_shared_layers: {shared}: the shared layers need an earlier "
+                        "layer of each of their kinds to share")
+    return kinds[:own] + ("shared",) * shared
+
+
+def _from_layer_types(cfg: _Config, types: Any, layers: int, known: dict[str, str]) -> tuple[str, ...]:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise SpecError(f"{cfg.origin}: layer_types: {_show(types)}: expected a list of strings")
     unknown = sorted({t for t in types if t not in known}, key=str)
@@ -293,18 +315,19 @@ def _from_layer_types(cfg: _Config, types: Any, layers: int, known: dict[str, st
         raise SpecError(
             f"{cfg.origin}: layer_types: lists {len(kinds)} layers but num_hidden_layers is {layers}"
         )
-    return _shape(cfg, kinds)
+    return kinds
 
 
 def _shape(cfg: _Config, kinds: tuple[str, ...]) -> dict:
     """Every layer's kind as the shortest repeating ``layer_pattern`` (or ``layer_types``), with
-    the window; nothing when no layer slides."""
-    if "sliding" not in kinds:
+    the window when a layer slides; nothing when every layer is full."""
+    if set(kinds) == {"full"}:
         return {}
     layers = len(kinds)
     period = next(p for p in range(1, layers + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     shape = {"layer_pattern": kinds[:period]} if period < layers else {"layer_types": kinds}
-    return {"sliding_window": cfg.first_int("sliding_window"), **shape}
+    window = {"sliding_window": cfg.first_int("sliding_window")} if "sliding" in kinds else {}
+    return {**window, **shape}
 
 
 def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:
@@ -313,6 +336,13 @@ def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:
     Checked against published totals: Llama-3.1-8B 8,030,261,248; Qwen2.5-7B 7,615,616,512;
     Mixtral-8x7B 46,702,792,704; DeepSeek-V3 671,026,419,200 (main model, MTP excluded).
     """
+    per_layer = cfg.raw.get("intermediate_size")
+    if isinstance(per_layer, list):
+        if len(per_layer) != spec.num_layers:
+            raise SpecError(f"{cfg.origin}: intermediate_size: lists {len(per_layer)} values but "
+                            f"num_hidden_layers is {spec.num_layers}")
+        cfg.assume("params unknown: intermediate_size differs per layer")
+        return None
     vocab = cfg.optional_int("vocab_size")
     inter = cfg.optional_int("intermediate_size")
     if vocab is None or inter is None:

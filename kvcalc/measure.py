@@ -138,7 +138,8 @@ def measure(
     parallel = Parallel(tp=options.tp)
     fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
                                  parallel=parallel))
-    kinds = {kind: min(options.layers, n) for kind, n in spec.layer_counts.items() if n}
+    kinds = {kind: min(options.layers, n) for kind, n in spec.layer_counts.items()
+             if n and kind is not LayerKind.SHARED}  # a shared layer allocates nothing to measure
     per_layer = {p.layer_kind: 0 for p in fp.gpu_parts}
     for p in fp.gpu_parts:
         per_layer[p.layer_kind] += p.bytes_per_token_layer * p.cells

@@ -22,6 +22,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 class LayerKind(StrEnum):
     FULL = "full"
     SLIDING = "sliding"
+    SHARED = "shared"
+    """Reuses an earlier layer's cache and holds none of its own (Gemma-3n's last
+    ``num_kv_shared_layers``; transformers' ``DummyLayer``)."""
 
 
 MAX_LAYERS = 10_000
@@ -257,4 +260,4 @@ def _layer_kinds(key: str, kinds) -> tuple[LayerKind, ...]:
         return tuple(LayerKind(k) for k in kinds)
     except ValueError:
         bad = next(k for k in kinds if k not in LayerKind.__members__.values())
-        raise ValueError(f"{key}: {bad!r} is not 'full' or 'sliding'") from None
+        raise ValueError(f"{key}: {bad!r} is not 'full', 'sliding' or 'shared'") from None

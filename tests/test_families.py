@@ -54,6 +54,10 @@ CASES = [
     ("smollm3", {"use_sliding_window": True, "sliding_window": 4096, "no_rope_layer_interval": 3}),
     ("smollm3", {}),
     ("gpt_oss", {"layer_types": ["full_attention", "sliding_attention"] * 6}),
+    ("gemma3n_text", {"num_kv_shared_layers": 4}),  # the last 4 reuse earlier layers' caches
+    ("gemma3n_text", {"num_kv_shared_layers": 0}),
+    ("gemma3n_text", {"num_kv_shared_layers": 2, "layer_types": ["sliding_attention"] * 4 + ["full_attention"]
+                      + ["sliding_attention"] * 4 + ["full_attention"] + ["sliding_attention"] * 2}),
 ]
 
 
@@ -67,7 +71,7 @@ def reference_layers(config: dict) -> list[tuple[str, int | None]]:
     """Every layer's (kind, window) in the cache transformers builds for ``config``."""
     text = AutoConfig.for_model(**config).get_text_config()
     types, kwargs = get_layer_types_and_kwargs(text)
-    kinds = {"full_attention": "full", "sliding_attention": "sliding"}
+    kinds = {"full_attention": "full", "sliding_attention": "sliding", "dummy": "shared"}
     return [(kinds[t], k.get("sliding_window")) for t, k in zip(types, kwargs, strict=True)]
 
 
@@ -82,6 +86,8 @@ def test_layers_match_transformers(tmp_path, model_type, fields):
 @pytest.mark.parametrize("model_type", sorted({t for t, _ in CASES}))
 def test_heads_match_transformers(tmp_path, model_type):
     config = {"model_type": model_type, **{k: v for k, v in BASE.items() if k != "head_dim"}}
+    if model_type == "gemma3n_text":
+        config["num_kv_shared_layers"] = 4  # its default, 15, is more than BASE's 12 layers
     spec = read(config, tmp_path)
     text = AutoConfig.for_model(**config).get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -156,7 +162,7 @@ def test_fields_a_family_does_not_use_are_refused(tmp_path, fields, message):
 
 def test_every_family_is_covered_here():
     tested = {t for t, _ in CASES} | {"deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3", "falcon"}
-    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3"}  # not transformers types / an alias
+    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3", "gemma3n"}  # not transformers types / aliases
 
 
 @pytest.mark.parametrize("family", [f for f in HF_FIXTURES if f != "kimi_k2"])
@@ -188,6 +194,9 @@ MODELS = [
     ("deepseek_v3", {**TINY_MOE, **TINY_MLA}), ("deepseek_v2", {**TINY_MOE, **TINY_MLA, "q_lora_rank": None}),
     ("deepseek_v32", {**TINY_MOE, **TINY_MLA, "index_head_dim": 32, "index_n_heads": 4, "index_topk": 8}),
     ("minicpm3", TINY_MLA),
+    ("gemma3n_text", {**WINDOW, "num_hidden_layers": 10, "num_kv_shared_layers": 4, "laurel_rank": 4,
+                      "vocab_size_per_layer_input": 128, "hidden_size_per_layer_input": 8,
+                      "activation_sparsity_pattern": [0.0] * 10}),
 ]
 
 
