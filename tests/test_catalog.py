@@ -16,6 +16,7 @@ EXPECTED_BF16_BYTES_PER_TOKEN = {
     "deepseek-v2-lite": (512 + 64) * 2 * 27,
     "deepseek-v3": 70_272,  # (512 + 64) x 2 x 61
     "deepseek-v3.2": 78_324,  # ((512 + 64) x 2 + 132 indexer) x 61
+    "gpt-oss-20b": 2 * 8 * 64 * 2 * 24,  # K + V, 8 KV heads x 64, bf16, 24 layers
     "deepseek-r1": 70_272,
     "kimi-k2": 70_272,
     "minicpm3-4b": (256 + 32) * 2 * 62,
@@ -44,6 +45,7 @@ EXPECTED_WINDOWS = {
     "gemma-2-9b": (21, 4096),
     "gemma-2-27b": (23, 4096),
     "gemma-3-27b": (52, 1024),
+    "gpt-oss-20b": (12, 128),
     "gpt-oss-120b": (18, 128),
     "phi-3-mini-4k": (32, 2047),
 }
