@@ -243,7 +243,7 @@ def _prepared(spec: ModelSpec, options: Options):
     fmt = get_format(options.kv_dtype)
     engine = get_engine(options.engine, is_mla=is_mla, block_size=options.block_size)
     dsa = is_mla and attn.index_head_dim is not None
-    engine.check(fmt.name, is_mla, dsa, bool(spec.layer_counts[LayerKind.SHARED]))
+    engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(spec.layer_counts[LayerKind.SHARED]))
     if dsa:
         engine = engine.for_dsa(options.block_size)
         _check_dsa_parallel(engine, options.parallel)

@@ -101,7 +101,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
         "mtp_layers": cfg.optional_int("num_nextn_predict_layers", low=0) or 0,
         "attention": attention,
-        **_windows(cfg, family, layers, family.indexer),
+        **_windows(cfg, family, layers),
     }
     spec = _validate(fields, origin)
     params = _params(cfg, model_type, spec)
@@ -273,14 +273,14 @@ def _check_fields(cfg: _Config, data: dict) -> None:
                 raise SpecError(f"{cfg.origin}: {key}: {_show(raw[key])}: expected a string")
 
 
-def _windows(cfg: _Config, family: Family, layers: int, indexed: bool) -> dict:
+def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full): the
     config's ``layer_types``, else the family's rule (``families.py``); then, in a family that
     shares caches, its shared layers. Under DSA a layer is ``indexed_attention``: it holds every
     token, as a full one does."""
     types = cfg.raw.get("layer_types")
     if types is not None:
-        known = {**_LAYER_TYPES, "indexed_attention": "full"} if indexed else _LAYER_TYPES
+        known = {**_LAYER_TYPES, "indexed_attention": "full"} if family.indexer else _LAYER_TYPES
         kinds = _from_layer_types(cfg, types, layers, known)
     else:
         try:
