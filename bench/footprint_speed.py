@@ -2,8 +2,8 @@
 
 A ``Curve`` holds everything about a cache but its length (rows per layer kind, per GPU stage), so
 one evaluation costs the same for 4 layers or 400. Timed: ``curve.per_gpu_bytes(seq_len)`` over
-200,000 lengths, for DeepSeek-V3 (one layer kind, MLA) and Gemma-3-27B (full + sliding layers),
-engine-neutral and under vLLM's pages. Also shown: the full ``footprint()``, which builds every named
+200,000 lengths, for DeepSeek-V3 (one layer kind, MLA), Gemma-3-27B (full + sliding layers) and
+Llama-4-Scout (full + chunked layers), engine-neutral and under vLLM's pages. Also shown: the full ``footprint()``, which builds every named
 part for display. Target: >= 100,000 evaluations per second.
 
     taskset -c 0 python bench/footprint_speed.py
@@ -27,7 +27,7 @@ def rate(fn, n: int) -> float:
 
 
 def main() -> None:
-    for name in ("deepseek-v3", "gemma-3-27b"):
+    for name in ("deepseek-v3", "gemma-3-27b", "llama-4-scout"):
         spec = load_bundled(name)
         for engine in (None, "vllm"):
             c = curve(spec, Options(1, engine=engine))

@@ -6,8 +6,9 @@ Elements cached per token per layer (KV-CACHE-FACTS section 1):
 - MLA, latent layout: latent ``d_c`` plus decoupled rope key ``d_R`` -- no x2, no head count;
 - MLA, decompressed layout: K ``n_h x (d_nope + d_R)`` and V ``n_h x d_v``.
 
-Layers are grouped by kind (full, sliding), so a footprint costs the same for 4 layers or 400.
-An engine profile (``engines.py``) decides the MLA layout, the pages and the sliding-window rule;
+The cache plan (``plan.py``) says what each kind of layer caches and how it grows; a footprint
+reads it, so it costs the same for 4 layers or 400. An engine profile (``engines.py``) decides the
+MLA layout, the pages and the window and chunk rules;
 a ``Parallel`` (``parallel.py``) decides what one GPU holds. A ``Curve`` holds everything but the
 length -- rows per layer kind, for the whole cache and for each GPU stage -- and every figure, a
 footprint's named parts included, is read from it.
@@ -24,7 +25,10 @@ from kvcalc.engines import Engine, IndexerKeys, MlaCache, WindowRule, get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
-from kvcalc.spec import LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.plan import INDEXER_KEY, Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
+from kvcalc.spec import Attention, LayerKind, MlaAttention, ModelSpec, StandardAttention
+
+__all__ = ["INDEXER_KEY", "Factor", "Footprint", "Options", "Part", "compare", "curve", "footprint"]
 
 
 class Layout(StrEnum):
@@ -35,7 +39,6 @@ class Layout(StrEnum):
 
 
 STANDARD_LAYOUT = "kv"
-INDEXER_KEY = "indexer key"
 INDEXER_SCALE_GROUP = 128
 
 
@@ -53,19 +56,14 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Factor:
-    """One factor of a part's width, e.g. ``Factor(8, "KV heads")``."""
-
-    size: int
-    label: str
-
-
-@dataclass(frozen=True)
 class Part:
     """One cached tensor (K, V, latent, rope key) across all layers of one kind."""
 
     name: str
     layer_kind: LayerKind
+    growth: Growth
+    span: int | None
+    """The window or chunk of ``growth`` (None: every token)."""
     layers: int
     factors: tuple[Factor, ...]
     """Its width per token and layer as a product; ``values`` is their product."""
@@ -158,6 +156,8 @@ class Group:
     """The layers of one kind (on one GPU), each caching the same rows."""
 
     kind: LayerKind
+    growth: Growth
+    span: int | None
     layers: int
     rows: tuple[Row, ...]
 
@@ -175,19 +175,18 @@ class Curve:
     """
 
     engine: Engine
-    window: int | None
     parallel: Parallel
     whole: tuple[Group, ...]
     stages: tuple[tuple[Group, ...], ...]
 
     def total_bytes(self, seq_len: int, batch: int = 1) -> int:
         """The whole cache: every layer, every head, every sequence, one copy."""
-        return _bytes(self.whole, self.engine, seq_len, batch, self.window)
+        return _bytes(self.whole, self.engine, seq_len, batch)
 
     def per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
         """What the fullest GPU holds."""
         tokens, seqs = self._per_rank(seq_len, batch)
-        return max(_bytes(stage, self.engine, tokens, seqs, self.window) for stage in self.stages)
+        return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stages)
 
     @property
     def per_gpu_bytes_per_token(self) -> int:
@@ -200,10 +199,10 @@ class Curve:
     def parts(self, seq_len: int, batch: int, *, per_gpu: bool) -> tuple[Part, ...]:
         """The named parts at one length: the whole cache, or the fullest GPU's share."""
         if not per_gpu:
-            return _materialise(self.whole, self.engine, seq_len, batch, self.window)
+            return _materialise(self.whole, self.engine, seq_len, batch)
         tokens, seqs = self._per_rank(seq_len, batch)
-        stage = max(self.stages, key=lambda g: _bytes(g, self.engine, tokens, seqs, self.window))
-        return _materialise(stage, self.engine, tokens, seqs, self.window)
+        stage = max(self.stages, key=lambda g: _bytes(g, self.engine, tokens, seqs))
+        return _materialise(stage, self.engine, tokens, seqs)
 
 
 def curve(spec: ModelSpec, options: Options) -> Curve:
@@ -243,39 +242,59 @@ def _prepared(spec: ModelSpec, options: Options):
     fmt = get_format(options.kv_dtype)
     engine = get_engine(options.engine, is_mla=is_mla, block_size=options.block_size)
     dsa = is_mla and attn.index_head_dim is not None
-    engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(spec.layer_counts[LayerKind.SHARED]))
+    counts = spec.layer_counts
+    engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
+                 chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1)
     if dsa:
         engine = engine.for_dsa(options.block_size)
         _check_dsa_parallel(engine, options.parallel)
     cache = _mla_cache(engine, options.layout) if is_mla else None
+    if isinstance(fmt, PackedMlaFormat):
+        _check_packed(fmt, spec, cache)
     par = options.parallel
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
-    whole = _groups(spec, fmt, cache, engine, 1, Counter(spec.layer_counts) + Counter({LayerKind.FULL: mtp}))
+    plan = cache_plan(spec, cache)
+    whole = _groups(plan.layers, fmt, cache, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
     stages = tuple(
-        _groups(spec, fmt, cache, engine, par.attention_tp, counts)
-        for counts in stage_layer_counts(spec, par.pp, mtp)
+        _groups(plan.layers, fmt, cache, engine, par.attention_tp, stage)
+        for stage in stage_layer_counts(spec, par.pp, mtp)
     )
-    return Curve(engine, spec.sliding_window, par, whole, stages), cache, fmt, mtp
+    if engine.unifies_pages:
+        _check_equal_pages(engine, whole)
+    return Curve(engine, par, whole, stages), cache, fmt, mtp
 
 
-def _groups(spec, fmt, cache, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
-    rows = tuple(
-        Row(name, factors, _row_bytes(fmt, engine, name, factors, spec, cache))
-        for name, factors in _widths(spec.attention, cache, tp)
-    )
+def _check_equal_pages(engine: Engine, groups: tuple[Group, ...]) -> None:
+    """vLLM resizes or pads pages of different byte sizes to one size; kvcalc refuses to guess."""
+    sizes = {g.kind: sum(r.bytes for r in g.rows) for g in groups}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{kind} {size:,} B" for kind, size in sizes.items())
+        raise OptionError(f"--engine {engine.name}: its layers' pages differ in size per token ({shown}); "
+                          "how vLLM unifies them (kv_cache_planning.py) is not modelled")
+
+
+def _groups(layers: tuple[LayerPlan, ...], fmt, cache, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
+    """The plan's layers as one GPU of ``tp`` holds them, ``counts`` giving how many of each kind."""
     return tuple(
-        Group(kind, counts[kind], rows) for kind in (LayerKind.FULL, LayerKind.SLIDING) if counts[kind]
+        Group(layer.kind, layer.growth, layer.span, counts[layer.kind], tuple(
+            _row(part, part.on_rank(tp), fmt, engine) for part in layer.parts
+        ))
+        for layer in layers if counts[layer.kind]
     )
 
 
-def _bytes(groups, engine: Engine, tokens: int, seqs: int, window: int | None) -> int:
-    return sum(g.bytes_per_token * _cells(engine, g.kind, tokens, seqs, window) for g in groups)
+def _row(part: PartPlan, factors: tuple[Factor, ...], fmt: Format, engine: Engine) -> Row:
+    return Row(part.name, factors, _row_bytes(fmt, engine, part, math.prod(f.size for f in factors)))
 
 
-def _materialise(groups, engine: Engine, tokens: int, seqs: int, window) -> tuple[Part, ...]:
+def _bytes(groups, engine: Engine, tokens: int, seqs: int) -> int:
+    return sum(g.bytes_per_token * _cells(engine, g, tokens, seqs) for g in groups)
+
+
+def _materialise(groups, engine: Engine, tokens: int, seqs: int) -> tuple[Part, ...]:
     return tuple(
-        Part(r.name, g.kind, g.layers, r.factors, r.bytes, _cells(engine, g.kind, tokens, seqs, window))
+        Part(r.name, g.kind, g.growth, g.span, g.layers, r.factors, r.bytes, _cells(engine, g, tokens, seqs))
         for g in groups
         for r in g.rows
     )
@@ -290,11 +309,15 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     """
     kv_dtype = "fp8" if isinstance(get_format(options.kv_dtype), PackedMlaFormat) else options.kv_dtype
     neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None)
-    attn = spec.attention
-    if isinstance(attn, MlaAttention):
+    if isinstance(spec.attention, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
-    mha = replace(attn, num_kv_heads=attn.num_heads)
-    return footprint(spec.replace(attention=mha), neutral)
+    mha = spec.replace(attention=_mha(spec.attention),
+                       layer_attention={kind: _mha(a) for kind, a in spec.layer_attention.items()})
+    return footprint(mha, neutral)
+
+
+def _mha(attn: Attention) -> Attention:
+    return replace(attn, num_kv_heads=attn.num_heads)
 
 
 def _check_dsa_parallel(engine: Engine, par: Parallel) -> None:
@@ -323,47 +346,38 @@ def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
     return engine.mla_cache
 
 
-def _widths(attn, cache: MlaCache | None, tp: int) -> list[tuple[str, tuple[Factor, ...]]]:
-    """Each cached tensor's name and its width per token and layer on one of ``tp`` ranks."""
-    if isinstance(attn, StandardAttention):
-        heads = Factor(max(1, attn.num_kv_heads // tp), "KV heads")
-        v_label = "v_head_dim" if attn.v_head_dim else "head_dim"
-        return [
-            ("K", (heads, Factor(attn.head_dim, "head_dim"))),
-            ("V", (heads, Factor(attn.value_dim, v_label))),
-        ]
-    # The DSA indexer's key: one head, the same on every TP rank, whatever the MLA layout.
-    indexer = [] if attn.index_head_dim is None else [
-        (INDEXER_KEY, (Factor(attn.index_head_dim, "index_head_dim"),))
-    ]
-    latent = ("latent", (Factor(attn.kv_lora_rank, "kv_lora_rank"),))
-    rope = ("rope key", (Factor(attn.qk_rope_head_dim, "qk_rope_head_dim"),))
-    if cache == MlaCache.LATENT:
-        return [latent, rope, *indexer]  # the same on every TP rank: replicated, never split
-    if cache == MlaCache.LATENT_KV:
-        return [latent, rope, ("V (latent again)", latent[1]), *indexer]
-    heads = Factor(attn.num_heads // tp, "heads")
-    qk_dim = attn.qk_nope_head_dim + attn.qk_rope_head_dim
-    k = ("K", (heads, Factor(qk_dim, "qk_nope_head_dim + qk_rope_head_dim")))
-    if cache == MlaCache.DECOMPRESSED_PADDED:
-        return [k, ("V", (heads, Factor(max(qk_dim, attn.v_head_dim), "v_head_dim padded to K"))), *indexer]
-    return [k, ("V", (heads, Factor(attn.v_head_dim, "v_head_dim"))), *indexer]
-
-
-def _cells(engine: Engine, kind: LayerKind, tokens: int, seqs: int, window: int | None) -> int:
-    """Token slots one GPU holds in a layer of ``kind`` for ``seqs`` sequences of ``tokens``."""
+def _cells(engine: Engine, group: Group, tokens: int, seqs: int) -> int:
+    """Token slots one GPU holds in a layer of ``group`` for ``seqs`` sequences of ``tokens``."""
     page, pad = engine.page_tokens, engine.context_pad
     full = _round_up(_round_up(tokens, page) * seqs, pad)
-    if kind is LayerKind.FULL or window is None:
+    if group.growth is Growth.EVERY:
         return full
-    rule = engine.window_rule
+    window = group.span
+    rule = engine.window_rule if group.growth is Growth.WINDOW else engine.chunk_rule
     if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
         return _round_up(min(full, window * seqs + 512), pad)
+    if rule is WindowRule.CHUNK_PAGES:
+        return chunk_pages(tokens, window, page) * page * seqs
     if rule is WindowRule.PAGE_SPAN and tokens > window:
         first = tokens - window  # the oldest token still inside the window
         return ((tokens - 1) // page - first // page + 1) * page * seqs
     held = min(tokens, window - 1 if rule is WindowRule.WINDOW_MINUS_ONE else window)
     return _round_up(_round_up(held, page) * seqs, pad)
+
+
+def chunk_pages(tokens: int, chunk: int, page: int) -> int:
+    """The most pages of ``page`` tokens that one chunk of a ``tokens``-long sequence spans (chunks
+    start at multiples of ``chunk``). Chunk starts repeat modulo the page every page / gcd chunks,
+    so at most that many chunks are looked at."""
+    whole = tokens // chunk
+    most = 0
+    for k in range(min(whole, page // math.gcd(chunk, page))):
+        start = k * chunk
+        most = max(most, (start + chunk - 1) // page - start // page + 1)
+    if tokens % chunk:
+        start = whole * chunk
+        most = max(most, (tokens - 1) // page - start // page + 1)
+    return most
 
 
 def indexer_fp8_bytes(values: int) -> int:
@@ -376,23 +390,21 @@ def _round_up(n: int, multiple: int) -> int:
     return ceil_div(n, multiple) * multiple
 
 
-def _row_bytes(fmt: Format, engine: Engine, name: str, factors, spec: ModelSpec, cache) -> int:
+def _row_bytes(fmt: Format, engine: Engine, part: PartPlan, values: int) -> int:
     """Bytes of one token's row of this part in one layer; blocks run along the row."""
-    if name == INDEXER_KEY and engine.indexer_keys is IndexerKeys.FP8_SCALED:
-        return indexer_fp8_bytes(math.prod(f.size for f in factors))
+    if part.storage is Storage.INDEXER and engine.indexer_keys is IndexerKeys.FP8_SCALED:
+        return indexer_fp8_bytes(values)
     if not isinstance(fmt, PackedMlaFormat):
-        return fmt.row_bytes(math.prod(f.size for f in factors))
-    _check_packed(fmt, spec, cache)
-    return fmt.latent_bytes() if name == "latent" else fmt.rope_bytes()
+        return fmt.row_bytes(values)
+    return fmt.latent_bytes() if part.name == "latent" else fmt.rope_bytes()
 
 
 def _check_packed(fmt: PackedMlaFormat, spec: ModelSpec, cache: MlaCache | None) -> None:
+    """The packed format fits this model's latent (MLA layers all share one attention)."""
     attn = spec.attention
     if not isinstance(attn, MlaAttention):
-        raise OptionError(
-            f"--kv-dtype {fmt.name}: packs an MLA latent, but {spec.name} uses "
-            f"{attn.variant} attention"
-        )
+        raise OptionError(f"--kv-dtype {fmt.name}: packs an MLA latent, but {spec.name} uses "
+                          f"{attn.variant} attention")
     if cache != MlaCache.LATENT:
         raise OptionError(f"--kv-dtype {fmt.name}: exists only for the latent layout, not {cache}")
     shape = (attn.kv_lora_rank, attn.qk_rope_head_dim)

@@ -52,6 +52,7 @@ class WindowRule(StrEnum):
     WINDOW_MINUS_ONE = "window-1"  # min(seq_len, window - 1): transformers' DynamicCache
     PAGE_SPAN = "page-span"  # the pages spanned by the last `window` tokens: vLLM
     UBATCH = "ubatch"  # pad(min(context, window * sequences + 512), 256): llama.cpp
+    CHUNK_PAGES = "chunk-pages"  # the most pages one chunk spans: vLLM's chunked local attention
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,18 @@ class Engine:
     """The formats a DSA model's latent is stored in (None: ``formats``)."""
     shares_layers: bool = False
     """Whether layers that reuse another layer's cache (Gemma-3n) are known to hold none here."""
+    chunk_rule: WindowRule | None = None
+    """How many token slots a chunked-attention layer holds, as a window rule over the chunk
+    (None: how the engine caches chunked attention is not modelled)."""
+    kind_shapes: bool = False
+    """Whether layers of different kinds may cache different shapes here (Gemma-4's wider full
+    layers, MiMo-V2-Flash's sliding ones) as far as kvcalc knows."""
+    unifies_pages: bool = False
+    """vLLM: layers whose pages differ in bytes get their block sizes scaled or pages padded to one
+    size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
 
-    def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False) -> None:
+    def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False,
+              chunked: bool = False, kind_shapes: bool = False) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
             raise OptionError(
                 f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
@@ -90,6 +101,12 @@ class Engine:
             raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
         if has_indexer:
             self._check_dsa(kv_dtype)
+        if chunked and self.chunk_rule is None:
+            raise OptionError(f"--engine {self.name}: how it caches chunked local attention "
+                              "(attention_chunk_size) is not modelled")
+        if kind_shapes and not self.kind_shapes:
+            raise OptionError(f"--engine {self.name}: how it caches layers whose shape differs by kind "
+                              "(layer_attention) is not modelled")
         if shared and not self.shares_layers:
             raise OptionError(f"--engine {self.name}: how it caches layers that share another layer's "
                               "cache (num_kv_shared_layers) is not modelled")
@@ -133,6 +150,8 @@ _TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
 
 IDEAL = Engine(
     name="ideal",
+    chunk_rule=WindowRule.EXACT,
+    kind_shapes=True,
     shares_layers=True,
     mla_cache=None,
     page_tokens=1,
@@ -146,9 +165,14 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
     """vLLM runs DSA (DeepSeek-V3.2) on its sparse MLA backends only, pages of 64, latent in bf16,
     fp16 or fp8_ds_mla (models/deepseek_v32/attention.py, v1/attention/backends/mla/indexer.py).
     A layer with ``kv_sharing_target_layer_name`` (Gemma-3n) gets no cache spec and no memory
-    (v1/worker/gpu_model_runner.py ``get_kv_cache_spec``)."""
+    (v1/worker/gpu_model_runner.py ``get_kv_cache_spec``). Chunked local attention (Llama-4, the
+    hybrid KV-cache manager on by default): ``ChunkedLocalAttentionManager`` frees the pages before
+    the current chunk (v1/core/single_type_kv_cache_manager.py)."""
     return Engine(
         shares_layers=True,
+        chunk_rule=WindowRule.CHUNK_PAGES,
+        kind_shapes=True,
+        unifies_pages=True,
         indexer_keys=IndexerKeys.FP8_SCALED if dsa else None,
         dsa_page=64,
         dsa_formats=("bf16", "fp16", "fp8_ds_mla"),
@@ -162,6 +186,8 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
         rules=(
             f"pages of {page} tokens: each sequence rounded up to whole pages",
             "sliding layers keep the pages spanning the last `window` tokens",
+            "chunked layers keep the pages of the current chunk: counted at their most, one whole "
+            "chunk (a prefill step briefly holds the chunk + the step's tokens)",
         ),
     )
 
@@ -170,8 +196,11 @@ def _sglang(variant: str, page: int) -> Engine:
     """SGLang's DSATokenToKVPool: pages forced to 64, latent in bf16 or (Hopper, fp8_e4m3) the
     656-B packing, indexer keys 132 B (mem_cache/memory_pool.py, mem_cache/index_key_cache.py).
     Gemma-3n's shared layers still get buffers there (num_effective_layers) and its sliding layers
-    hold every token (hybrid SWA memory off): not modelled, so refused."""
+    hold every token (hybrid SWA memory off): not modelled, so refused. Layers of different shapes
+    get pools of their own widths (MHATokenToKVPool: head_num, head_dim, v_head_dim per pool).
+    Llama-4's chunked layers live in its SWA pool, sized by swa_full_tokens_ratio: not modelled."""
     return Engine(
+        kind_shapes=True,
         dsa_page=64,
         dsa_formats=("bf16", "fp8_ds_mla"),
         name=f"sglang@{variant}",
@@ -190,6 +219,7 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
     skips layers without ``has_kv`` and maps them to the layer they reuse)."""
     return Engine(
         shares_layers=True,
+        chunk_rule=WindowRule.UBATCH,
         indexer_keys=None,
         name=f"llama.cpp@{era}",
         mla_cache=mla_cache,
@@ -209,10 +239,14 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
 def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
     """``version`` 5.15 stands for 5.15 and later (``modern``), checked against 5.23's real cache:
     DSA indexer keys in the model dtype; a layer whose kv_sharing_mode is "reuse" is a
-    ``DummyLayer``, holding nothing. Neither is modelled for 5.14."""
+    ``DummyLayer``, holding nothing; a chunked layer is a ``DynamicSlidingWindowLayer`` of the
+    chunk (the last chunk - 1 tokens, the mask doing the chunking); per-layer shapes as each
+    layer's attention builds them. None of it is modelled for 5.14."""
     return Engine(
         indexer_keys=IndexerKeys.CACHE_DTYPE if modern else None,
         shares_layers=modern,
+        chunk_rule=WindowRule.WINDOW_MINUS_ONE if modern else None,
+        kind_shapes=modern,
         name=f"transformers@{version}",
         mla_cache=mla_cache,
         page_tokens=1,
@@ -222,7 +256,7 @@ def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
         mla_rule=f"MLA cached {mla_cache} (transformers {version})",
         rules=(
             "DynamicCache: no pages, grows one token at a time",
-            "sliding layers keep the last window - 1 tokens",
+            "sliding layers keep the last window - 1 tokens; chunked layers the last chunk - 1",
         ),
     )
 

@@ -11,6 +11,7 @@ from kvcalc.analytic import INDEXER_KEY, INDEXER_SCALE_GROUP, Footprint, Part, i
 from kvcalc.engines import Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
 from kvcalc.parallel import ceil_div
+from kvcalc.plan import Growth
 from kvcalc.spec import LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
@@ -24,10 +25,10 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
     if spec.assumptions:
         lines += ["", "Assumed where the config is silent:"]
         lines += [f"  - {a}" for a in spec.assumptions]
-    lines += ["", "Cached per token and layer:"]
-    lines += [f"  {p.name} = {_factors(p)} = {p.values:,} values" for p in _first_group(fp)]
-    lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
     groups = _groups(fp)
+    lines += ["", "Cached per token and layer:"]
+    lines += _width_lines(groups)
+    lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
     for kind, parts in groups.items():
         lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
@@ -69,8 +70,14 @@ def _groups(fp: Footprint) -> dict[LayerKind, list[Part]]:
     return groups
 
 
-def _first_group(fp: Footprint) -> list[Part]:
-    return _first_group_of(fp.parts)
+def _width_lines(groups: dict[LayerKind, list[Part]]) -> list[str]:
+    """Each part's width, once for all layers when every kind caches the same shape."""
+    shapes = {kind: [(p.name, p.factors) for p in parts] for kind, parts in groups.items()}
+    first = next(iter(groups.values()))
+    if len({tuple(s) for s in shapes.values()}) == 1:
+        return [f"  {p.name} = {_factors(p)} = {p.values:,} values" for p in first]
+    return [f"  {p.name} ({kind} layers) = {_factors(p)} = {p.values:,} values"
+            for kind, parts in groups.items() for p in parts]
 
 
 def _factors(part: Part) -> str:
@@ -88,11 +95,7 @@ def _format_rule(fmt: StorageFormat | PackedMlaFormat) -> str:
 def _group_lines(fp, fmt, kind: LayerKind, parts: list[Part], *, labelled: bool) -> list[str]:
     layers = _layers_text(fp, kind, parts[0].layers)
     rate = sum(p.bytes_per_token for p in parts)
-    label = ""
-    if labelled:
-        label = "full layers: "
-        if kind is LayerKind.SLIDING:
-            label = f"sliding layers (window {fp.sliding_window:,}): "
+    label = f"{_kind_text(parts[0])}: " if labelled else ""
     if isinstance(fmt, StorageFormat) and not fmt.is_blocked and all(_plain(fmt, p) for p in parts):
         return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {rate:,} B/token"]
     rows = [f"  {p.name}: {_row_text(fmt, p)}" for p in parts]
@@ -135,6 +138,14 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
     )
 
 
+def _kind_text(part: Part) -> str:
+    """``full layers``, ``sliding layers (window 4,096)``, ``chunked layers (chunk 8,192)``."""
+    if part.growth is Growth.EVERY:
+        return f"{part.layer_kind} layers"
+    span = "window" if part.growth is Growth.WINDOW else "chunk"
+    return f"{part.layer_kind} layers ({span} {part.span:,})"
+
+
 def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
     text = f"{layers} layer{'s' * (layers != 1)}"
     if kind is LayerKind.FULL and fp.mtp_layers:
@@ -148,34 +159,34 @@ def _total_lines(fp: Footprint, groups: dict[LayerKind, list[Part]]) -> list[str
         rate = sum(p.bytes_per_token for p in parts)
         cells = parts[0].cells
         group_total = sum(p.total_bytes for p in parts)
-        held = _held_text(fp, kind, cells)
+        held = _held_text(fp, parts[0], cells)
         lines.append(f"  {kind} layers: {rate:,} B/token × {held} = {group_total:,} B")
     lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
     return lines
 
 
-def _held_text(fp: Footprint, kind: LayerKind, cells: int) -> str:
-    """``cells`` explained: tokens, windows, pages, padding."""
-    tokens = fp.seq_len
-    if kind is LayerKind.SLIDING:
-        tokens = min(fp.seq_len, fp.sliding_window)
-    exact = tokens * fp.batch
+def _held_text(fp: Footprint, part: Part, cells: int) -> str:
+    """``cells`` explained: tokens, windows, chunks, pages, padding."""
     batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
-    if kind is LayerKind.SLIDING:
-        held = f"min({fp.seq_len:,}, {fp.sliding_window:,}) = {tokens:,} tokens{batch}"
-    else:
+    if part.growth is Growth.EVERY:
+        tokens = fp.seq_len
         held = f"{tokens:,} tokens{batch}"
-    if cells == exact:
+    else:
+        tokens = min(fp.seq_len, part.span)
+        held = f"min({fp.seq_len:,}, {part.span:,}) = {tokens:,} tokens{batch}"
+    if cells == tokens * fp.batch:
         return held
-    return f"{held} → {cells:,} cells ({_cell_rule(fp.engine, kind)})"
+    return f"{held} → {cells:,} cells ({_cell_rule(fp.engine, part.growth)})"
 
 
-def _cell_rule(engine: Engine, kind: LayerKind) -> str:
-    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.WINDOW_MINUS_ONE:
-        return "the last window - 1 tokens"
-    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.UBATCH:
-        return "window × sequences + 512, padded to 256"
-    if kind is LayerKind.SLIDING and engine.window_rule is WindowRule.PAGE_SPAN:
+def _cell_rule(engine: Engine, growth: Growth) -> str:
+    span = "window" if growth is Growth.WINDOW else "chunk"
+    rule = engine.window_rule if growth is Growth.WINDOW else engine.chunk_rule
+    if growth is not Growth.EVERY and rule is WindowRule.WINDOW_MINUS_ONE:
+        return f"the last {span} - 1 tokens"
+    if growth is not Growth.EVERY and rule is WindowRule.UBATCH:
+        return f"{span} × sequences + 512, padded to 256"
+    if growth is Growth.WINDOW and rule is WindowRule.PAGE_SPAN:
         return f"the {engine.page_tokens}-token pages spanning the window"
     if engine.context_pad > 1:
         return f"padded to {engine.context_pad}"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 Get = Callable[[str], object]
 """A config's value by key, the family's class default filled in when the key is absent."""
 Layout = Callable[[Get, int], tuple[str, ...]]
-"""A family's rule: the kind of every layer ("full" or "sliding") when layer_types is absent."""
+"""A family's rule: the kind of every layer ("full", "sliding" or "chunked") when layer_types is
+absent."""
 
 
 def all_full(get: Get, layers: int) -> tuple[str, ...]:
@@ -77,6 +78,105 @@ def smollm3(get: Get, layers: int) -> tuple[str, ...]:
     return tuple("sliding" if on and not rope[i] else "full" for i in range(layers))
 
 
+def llama4(get: Get, layers: int) -> tuple[str, ...]:
+    """Llama-4: the RoPE layers (no_rope_layers 1, by default all but every 4th) attend within
+    chunks of attention_chunk_size; the NoPE layers attend to everything."""
+    rope = get("no_rope_layers")
+    if rope is None or rope == []:  # absent, null or [] (Llama-4-Scout's file): every interval-th is NoPE
+        interval = get("no_rope_layer_interval")
+        rope = [int((i + 1) % interval != 0) for i in range(layers)]
+    if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
+        raise ValueError(f"no_rope_layers: expected {layers} entries of 0 or 1")
+    return tuple("chunked" if rope[i] else "full" for i in range(layers))
+
+
+def gemma4(get: Get, layers: int) -> tuple[str, ...]:
+    """Gemma-4: every sixth layer full, the others sliding (the last layer is always full:
+    ``Family.last_full``)."""
+    kinds = period(None, 6)(get, layers)
+    return kinds[:-1] + ("full",)
+
+
+KindShapes = dict[str, dict[str, int]]
+Shapes = Callable[[Get, tuple[str, ...], Mapping[str, int]], KindShapes]
+"""A family's rule for layers whose attention differs by kind: given every layer's kind and the
+attention read from the config (``num_kv_heads``, ``head_dim``, ``v_head_dim``), per kind the fields
+that differ."""
+
+_GEMMA4_PER_LAYER = {"head_dim": "head_dim", "num_key_value_heads": "num_kv_heads"}
+
+
+def gemma4_shapes(get: Get, kinds: tuple[str, ...], attention: Mapping[str, int]) -> KindShapes:
+    """Gemma-4's full layers: head_dim global_head_dim, and num_global_key_value_heads KV heads
+    when attention_k_eq_v (K = V in value, but both are cached). A ``per_layer_config`` in the file
+    replaces that rule: it must give every full layer the same shape and no sliding layer one."""
+    given = get("per_layer_config")
+    if given is None:
+        if get("global_head_dim") is None:
+            raise ValueError("global_head_dim: null: the full layers' head size is needed")
+        full = {"head_dim": get("global_head_dim")}
+        heads = get("num_global_key_value_heads")
+        if get("attention_k_eq_v") and heads is not None:
+            full["num_kv_heads"] = heads
+        return {"full": full}
+    if not isinstance(given, dict):
+        raise ValueError(f"per_layer_config: {given!r}: expected a mapping of layer index to fields")
+    shapes = {str(i): {} for i, kind in enumerate(kinds) if kind == "full"}
+    for index, fields in given.items():
+        known = isinstance(fields, dict) and set(fields) <= set(_GEMMA4_PER_LAYER)
+        if str(index) not in shapes or not known:
+            raise ValueError(f"per_layer_config: layer {index}: kvcalc reads only head_dim and "
+                             "num_key_value_heads, and only for full-attention layers")
+        shapes[str(index)] = {_GEMMA4_PER_LAYER[k]: v for k, v in fields.items()}
+    distinct = {tuple(sorted(f.items())) for f in shapes.values()}
+    if len(distinct) > 1:
+        raise ValueError("per_layer_config: full-attention layers of different shapes are not modelled")
+    return {"full": dict(distinct.pop())} if distinct else {}
+
+
+def mimo_shapes(get: Get, kinds: tuple[str, ...], attention: Mapping[str, int]) -> KindShapes:
+    """MiMo-V2-Flash's sliding layers have twice the KV heads (transformers hard-codes
+    2 x num_key_value_heads; vLLM and SGLang read swa_num_key_value_heads, swa_head_dim and
+    swa_v_head_dim, so a file whose swa_* fields say otherwise is refused)."""
+    kv, head = attention["num_kv_heads"], attention["head_dim"]
+    v_head = attention["v_head_dim"] or head
+    expected_swa = {"swa_num_key_value_heads": 2 * kv, "swa_head_dim": head, "swa_v_head_dim": v_head}
+    for key, expected in expected_swa.items():
+        given = get(key)
+        if given is not None and given != expected:
+            raise ValueError(f"{key}: {given}: transformers' sliding layers use {expected}; refusing "
+                             "to pick one engine's reading")
+    return {"sliding": {"num_kv_heads": 2 * kv}}
+
+
+def mimo_v2_flash(get: Get, layers: int) -> tuple[str, ...]:
+    """MiMo-V2-Flash: layer 0 and every sixth layer full, the others sliding."""
+    return tuple("full" if i == 0 or (i + 1) % 6 == 0 else "sliding" for i in range(layers))
+
+
+def indexed(get: Get, layers: int) -> tuple[str, ...]:
+    """GLM-5 (DSA): every layer is ``indexed_attention``, holding every token; each must own its
+    indexer (``indexer_types`` "full"). transformers derives indexer_types from index_topk_pattern
+    ("F"/"S" per layer), else layer i owns one when max(i - index_skip_topk_offset + 1, 0) is a
+    multiple of index_topk_freq. A "shared" layer reuses an earlier layer's selection and caches
+    no indexer keys: not modelled."""
+    types = get("indexer_types")
+    if types is None:
+        pattern = get("index_topk_pattern")
+        if pattern is not None:
+            types = ["full" if c == "F" else "shared" for c in str(pattern)]
+        else:
+            freq, offset = get("index_topk_freq"), get("index_skip_topk_offset")
+            types = ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        raise ValueError(f"indexer_types: expected {layers} entries")
+    if any(t != "full" for t in types):
+        shared = sum(t != "full" for t in types)
+        raise ValueError(f"indexer_types: {shared} of {layers} layers reuse another layer's indexer "
+                         "selection and cache no indexer keys; kvcalc does not model that yet")
+    return ("full",) * layers
+
+
 @dataclass(frozen=True)
 class Family:
     """One model_type as transformers 5.23 reads it."""
@@ -91,14 +191,28 @@ class Family:
     """The last ``num_kv_shared_layers`` layers reuse earlier layers' caches (Gemma-3n)."""
     indexer: bool = False
     """DeepSeek Sparse Attention: a lightning indexer's key cached beside the latent."""
-    refuse: tuple[str, ...] = ()
-    """Fields that, set, change the cache in a way kvcalc does not model."""
+    shapes: Shapes | None = None
+    """Per-kind attention shapes (Gemma-4, MiMo-V2-Flash)."""
+    v_head_dim: bool = False
+    """Whether the family's standard attention reads ``v_head_dim`` (a V narrower than K)."""
+    window_size_key: str | None = None
+    """A field that, set, gives the window as its value + 1 (MiMo's ``sliding_window_size``)."""
+    sublayers: int = 1
+    """Attention layers in each decoder layer (LongCat-Flash: 2), each with its own cache."""
+    counts_params: bool = True
+    """Whether kvcalc's parameter count covers the family (its MLPs, experts and embeddings)."""
+    refuse: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
+    """Fields whose other values change the cache in a way kvcalc does not model: the values
+    kvcalc reads (absent counts as None)."""
+    last_full: bool = False
+    """The last layer is full attention whatever layer_types says (Gemma-4 forces it)."""
 
 
 def _cfg(model_type: str) -> str:
     return f"transformers/models/{model_type}/configuration_{model_type}.py"
 
 
+_CAUSAL = {"use_bidirectional_attention": (None, False)}
 _QWEN = {"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28}
 _MLA_V3 = {"kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
            "v_head_dim": 128}
@@ -126,11 +240,11 @@ FAMILIES: dict[str, Family] = {
     "gemma3_text": Family(_cfg("gemma3"), period("sliding_window_pattern", 6),
                           {"sliding_window": 4096, "head_dim": 256, "tie_word_embeddings": True,
                            "sliding_window_pattern": 6},
-                          refuse=("use_bidirectional_attention",)),  # an encoder (EmbeddingGemma)
+                          refuse=_CAUSAL),  # bidirectional: an encoder (EmbeddingGemma)
     "gemma3n_text": Family(_cfg("gemma3n"), period(None, 5),
                            {"sliding_window": 512, "head_dim": 256, "num_key_value_heads": 2,
                             "num_kv_shared_layers": 15},
-                           kv_shared=True, refuse=("use_bidirectional_attention",)),
+                           kv_shared=True, refuse=_CAUSAL),
     "gpt_oss": Family(_cfg("gpt_oss"), period(None, 2), {"sliding_window": 128}),
     "cohere2": Family(_cfg("cohere2"), period("sliding_window_pattern", 4),
                       {"sliding_window": 4096, "sliding_window_pattern": 4}),
@@ -145,21 +259,37 @@ FAMILIES: dict[str, Family] = {
                            defaults={**_MLA_V3, "index_head_dim": 128, "index_n_heads": 64}),
     # Kimi-K2's config names its own type, runs DeepseekV3ForCausalLM (its `architectures`).
     "kimi_k2": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
+    "glm_moe_dsa": Family(_cfg("glm_moe_dsa"), indexed, mla=True, indexer=True,
+                          defaults={"kv_lora_rank": 512, "q_lora_rank": 2048, "qk_rope_head_dim": 64,
+                                    "qk_nope_head_dim": 192, "v_head_dim": 256, "index_head_dim": 128,
+                                    "index_n_heads": 32, "index_topk_freq": 1, "index_skip_topk_offset": 2}),
+    "longcat_flash": Family(_cfg("longcat_flash"), mla=True, sublayers=2, counts_params=False,
+                            defaults={"kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
+                                      "qk_nope_head_dim": 128, "v_head_dim": 128}),
+    "llama4_text": Family(_cfg("llama4"), llama4, counts_params=False,
+                          defaults={"attention_chunk_size": 8192, "head_dim": 128, "num_key_value_heads": 8,
+                                    "no_rope_layer_interval": 4}),
+    "gemma4_text": Family(_cfg("gemma4"), gemma4, kv_shared=True, counts_params=False, shapes=gemma4_shapes,
+                          defaults={"sliding_window": 512, "head_dim": 256, "num_key_value_heads": 4,
+                                    "global_head_dim": 512, "num_global_key_value_heads": None,
+                                    "attention_k_eq_v": False, "num_kv_shared_layers": 0},
+                          # "vision" changes only the mask; "all" (an encoder) halves the window
+                          refuse={"use_bidirectional_attention": (None, "vision")}, last_full=True),
+    "mimo_v2_flash": Family(_cfg("mimo_v2_flash"), mimo_v2_flash, counts_params=False, shapes=mimo_shapes,
+                            v_head_dim=True, window_size_key="sliding_window_size",
+                            defaults={"sliding_window": 129, "head_dim": 192, "v_head_dim": 128,
+                                      "num_key_value_heads": 4}),
     "minicpm3": Family(_cfg("minicpm3"), mla=True,
                        defaults={"kv_lora_rank": 256, "q_lora_rank": 768, "qk_rope_head_dim": 32,
                                  "qk_nope_head_dim": 64, "v_head_dim": 64}),
 }
 FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # an old single-level Gemma-3 config
 FAMILIES["gemma3n"] = FAMILIES["gemma3n_text"]
+FAMILIES["llama4"] = FAMILIES["llama4_text"]  # the multimodal wrapper, its text_config read
+FAMILIES["gemma4"] = FAMILIES["gemma4_text"]
 
 NOT_MODELLED: dict[str, str] = {
-    **dict.fromkeys(("llama4", "llama4_text"), "chunked local attention (attention_chunk_size)"),
-    "glm_moe_dsa": "indexer layers that reuse another layer's selection (indexer_types)",
     "deepseek_v4": "compressed sparse and heavily compressed attention (compress_rates)",
-    **dict.fromkeys(("gemma4", "gemma4_text"),
-                    "per-layer shapes (global_head_dim, num_global_key_value_heads, attention_k_eq_v)"),
-    "mimo_v2_flash": "per-layer shapes (its own KV heads on sliding layers, v_head_dim)",
-    "longcat_flash": "two attention sublayers in every decoder layer",
     **dict.fromkeys(("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "kimi_linear", "minimax",
                      "jamba", "nemotron_h", "falcon_h1", "granitemoehybrid", "mamba", "mamba2", "zamba",
                      "zamba2", "bamba", "lfm2", "lfm2_moe", "hunyuan_v1_dense"),

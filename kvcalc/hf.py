@@ -36,14 +36,20 @@ _QKV_BIAS = {"qwen2", "qwen2_moe"}
 _QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
 _FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+_CHUNKED_TYPE = {"chunked_attention": "chunked"}
+_INDEXED_TYPE = {"indexed_attention": "full"}
+"""Under DSA a layer is ``indexed_attention``: it holds every token, as a full one does."""
 _BOUNDS = {
     **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_nextn_predict_layers",
                      "max_window_layers", "first_k_dense_replace", "sliding_window_pattern",
-                     "num_kv_shared_layers"), MAX_LAYERS),
+                     "num_kv_shared_layers", "no_rope_layer_interval", "index_topk_freq",
+                     "index_skip_topk_offset"), MAX_LAYERS),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "num_key_value_heads",
                      "num_kv_heads", "n_head_kv", "n_routed_experts", "num_local_experts", "num_experts",
-                     "n_shared_experts", "index_n_heads"), MAX_HEADS),
-    **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window"), MAX_TOKENS),
+                     "n_shared_experts", "index_n_heads", "num_global_key_value_heads",
+                     "swa_num_key_value_heads"), MAX_HEADS),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window", "sliding_window_size",
+                     "attention_chunk_size"), MAX_TOKENS),
 }
 """Upper bounds of the integer fields read; any other (dimensions, vocabulary, MLP widths) is at
 most ``MAX_DIM``. Every count is at least 1 unless read with ``low=0`` (0 means none)."""
@@ -55,16 +61,18 @@ _INT_FIELDS = (
     "num_nextn_predict_layers", "vocab_size", "intermediate_size", "moe_intermediate_size",
     "shared_expert_intermediate_size", "n_routed_experts", "num_local_experts", "num_experts",
     "n_shared_experts", "first_k_dense_replace", "index_head_dim", "index_n_heads", "index_topk",
-    "num_kv_shared_layers",
+    "num_kv_shared_layers", "attention_chunk_size", "no_rope_layer_interval", "global_head_dim",
+    "num_global_key_value_heads", "sliding_window_size", "swa_num_key_value_heads", "swa_head_dim",
+    "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset",
 )
 """Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
 included: ignored for the cache, still checked)."""
 _ZERO_OK = {"num_nextn_predict_layers", "max_window_layers", "n_shared_experts", "first_k_dense_replace",
-            "num_kv_shared_layers"}
+            "num_kv_shared_layers", "index_skip_topk_offset"}
 _PER_LAYER_OK = {"intermediate_size"}
 """Fields a config may give per layer (Gemma-3n); they only feed the parameter count."""
 _FLAGS = ("use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias",
-          "new_decoder_architecture", "use_bidirectional_attention")
+          "new_decoder_architecture", "attention_k_eq_v")
 
 
 def is_hf_config(data: dict) -> bool:
@@ -85,13 +93,14 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     model_type = cfg.raw.get("model_type") or data.get("model_type") or ""
     family = _family(cfg, model_type)
     cfg.defaults = dict(family.defaults)
-    layers = cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
+    layers = _layers(cfg, family)
     hidden = cfg.first_int("hidden_size", "n_embd", "d_model")
     heads = cfg.first_int("num_attention_heads", "n_head", "num_heads")
     if family.mla:
         attention = _mla(cfg, heads, family.indexer)
     else:
-        attention = _standard(cfg, heads, hidden)
+        attention = _standard(cfg, heads, hidden, family)
+    windows = _windows(cfg, family, layers)
     fields = {
         "name": name,
         "display_name": _display_name(data, name),
@@ -101,10 +110,14 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
         "mtp_layers": cfg.optional_int("num_nextn_predict_layers", low=0) or 0,
         "attention": attention,
-        **_windows(cfg, family, layers),
+        **windows,
+        "layer_attention": _layer_attention(cfg, family, attention, windows, layers),
+        "sublayers": family.sublayers,
     }
     spec = _validate(fields, origin)
-    params = _params(cfg, model_type, spec)
+    params = _params(cfg, model_type, spec) if family.counts_params else None
+    if not family.counts_params:
+        cfg.assume(f"params unknown: kvcalc does not count {model_type}'s weights")
     return spec.replace(params=params, assumptions=tuple(cfg.assumptions))
 
 
@@ -188,6 +201,31 @@ class _Config:
         return value
 
 
+def _layers(cfg: _Config, family: Family) -> int:
+    """Attention layers: LongCat-Flash's ``num_layers`` counts decoder layers of two each."""
+    if family.sublayers == 1:
+        return cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
+    blocks = cfg.first_int("num_layers")
+    cfg.assume(f"{blocks * family.sublayers} attention layers: {family.sublayers} in each of the "
+               f"num_layers {blocks} decoder layers, each with its own cache")
+    return blocks * family.sublayers
+
+
+def _layer_attention(cfg: _Config, family: Family, attention: dict, windows: dict,
+                     layers: int) -> dict | None:
+    """The attention of the layer kinds whose shape differs from the config's own (Gemma-4's full
+    layers, MiMo-V2-Flash's sliding ones)."""
+    if family.shapes is None:
+        return None
+    pattern = windows.get("layer_types") or windows.get("layer_pattern") or ("full",)
+    kinds = tuple(pattern[i % len(pattern)] for i in range(layers))
+    try:
+        shapes = family.shapes(cfg.value, kinds, attention)
+    except ValueError as e:
+        raise SpecError(f"{cfg.origin}: {e}") from None
+    return {kind: {**attention, **changes} for kind, changes in shapes.items() if kind in kinds} or None
+
+
 def _mla(cfg: _Config, heads: int, indexer: bool) -> dict:
     q_lora = cfg.optional_int("q_lora_rank")
     v_dim = cfg.optional_int("v_head_dim")
@@ -224,8 +262,8 @@ def _family(cfg: _Config, model_type: str) -> Family:
         cfg.assume(f"model_type {model_type!r} is not a family kvcalc knows: read from its classic "
                    "attention fields, every layer full attention")
         return Family("(classic fields only)")
-    for key in family.refuse:
-        if cfg.raw.get(key):
+    for key, read in family.refuse.items():
+        if cfg.raw.get(key) not in read:
             raise SpecError(f"{cfg.origin}: {key}: {_show(cfg.raw[key])}: kvcalc does not model this "
                             f"{model_type} variant's cache; refusing rather than guessing")
     if not family.mla and cfg.raw.get("kv_lora_rank") is not None:
@@ -237,7 +275,7 @@ def _family(cfg: _Config, model_type: str) -> Family:
     return family
 
 
-def _standard(cfg: _Config, heads: int, hidden: int) -> dict:
+def _standard(cfg: _Config, heads: int, hidden: int, family: Family) -> dict:
     kv_heads = cfg.optional_int("num_key_value_heads", "num_kv_heads", "n_head_kv")
     if cfg.flag("new_decoder_architecture") is False and cfg.flag("multi_query"):
         kv_heads = 1  # Falcon-7B: one KV head; num_kv_heads is read only by the new architecture
@@ -253,7 +291,9 @@ def _standard(cfg: _Config, heads: int, hidden: int) -> dict:
             )
         head_dim = hidden // heads
         cfg.assume(f"head_dim {head_dim} = hidden_size / num_attention_heads (absent from the config)")
-    return {"kind": "standard", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
+    v_head_dim = cfg.optional_int("v_head_dim") if family.v_head_dim else None
+    return {"kind": "standard", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
+            "v_head_dim": v_head_dim}
 
 
 def _check_fields(cfg: _Config, data: dict) -> None:
@@ -274,20 +314,25 @@ def _check_fields(cfg: _Config, data: dict) -> None:
 
 
 def _windows(cfg: _Config, family: Family, layers: int) -> dict:
-    """``sliding_window`` plus ``layer_types`` or ``layer_pattern``, or nothing (all full): the
-    config's ``layer_types``, else the family's rule (``families.py``); then, in a family that
-    shares caches, its shared layers. Under DSA a layer is ``indexed_attention``: it holds every
-    token, as a full one does."""
+    """``sliding_window`` / ``attention_chunk_size`` plus ``layer_types`` or ``layer_pattern``, or
+    nothing (all full): the config's ``layer_types``, else the family's rule (``families.py``);
+    then, in a family that shares caches, its shared layers."""
     types = cfg.raw.get("layer_types")
-    if types is not None:
-        known = {**_LAYER_TYPES, "indexed_attention": "full"} if family.indexer else _LAYER_TYPES
+    if types is not None and family.sublayers == 1:
+        known = {**_LAYER_TYPES, **(_CHUNKED_TYPE if "attention_chunk_size" in family.defaults else {}),
+                 **(_INDEXED_TYPE if family.indexer else {})}
         kinds = _from_layer_types(cfg, types, layers, known)
-    else:
-        try:
+    try:
+        if types is None or family.sublayers > 1:  # LongCat: no layer_types, every sublayer full
             kinds = family.layout(cfg.value, layers)
-        except ValueError as e:
-            raise SpecError(f"{cfg.origin}: {e}") from None
-    return _shape(cfg, _shared_tail(cfg, kinds) if family.kv_shared else kinds)
+        elif family.indexer:
+            family.layout(cfg.value, layers)  # GLM-5: which layers own an indexer
+    except ValueError as e:
+        raise SpecError(f"{cfg.origin}: {e}") from None
+    if family.last_full and kinds[-1] != "full":
+        kinds = kinds[:-1] + ("full",)
+        cfg.assume(f"the last layer full attention, as {family.source} forces it")
+    return _shape(cfg, family, _shared_tail(cfg, kinds) if family.kv_shared else kinds)
 
 
 def _shared_tail(cfg: _Config, kinds: tuple[str, ...]) -> tuple[str, ...]:
@@ -318,16 +363,30 @@ def _from_layer_types(cfg: _Config, types: Any, layers: int, known: dict[str, st
     return kinds
 
 
-def _shape(cfg: _Config, kinds: tuple[str, ...]) -> dict:
+def _shape(cfg: _Config, family: Family, kinds: tuple[str, ...]) -> dict:
     """Every layer's kind as the shortest repeating ``layer_pattern`` (or ``layer_types``), with
-    the window when a layer slides; nothing when every layer is full."""
+    the window when a layer slides and the chunk when one is chunked; nothing when every layer is
+    full."""
     if set(kinds) == {"full"}:
         return {}
     layers = len(kinds)
     period = next(p for p in range(1, layers + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     shape = {"layer_pattern": kinds[:period]} if period < layers else {"layer_types": kinds}
-    window = {"sliding_window": cfg.first_int("sliding_window")} if "sliding" in kinds else {}
-    return {**window, **shape}
+    if "sliding" in kinds:
+        shape["sliding_window"] = _window(cfg, family)
+    if "chunked" in kinds:
+        shape["attention_chunk_size"] = cfg.first_int("attention_chunk_size")
+    return shape
+
+
+def _window(cfg: _Config, family: Family) -> int:
+    """``sliding_window``, or MiMo's ``sliding_window_size`` + 1 (the tokens before a query, and
+    the query) when the file gives that."""
+    size = cfg.optional_int(family.window_size_key) if family.window_size_key else None
+    if size is None:
+        return cfg.first_int("sliding_window")
+    cfg.assume(f"sliding_window {size + 1} = {family.window_size_key} {size} + 1 (as transformers reads it)")
+    return size + 1
 
 
 def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:

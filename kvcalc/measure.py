@@ -106,14 +106,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_buildable(spec: ModelSpec) -> None:
-    """A model whose layers kvcalc builds, or one line saying what it cannot build."""
-    attn = spec.attention
-    if isinstance(attn, MlaAttention) and attn.index_head_dim is not None:
-        raise OptionError(f"{spec.name}: measure does not build the DSA indexer yet; its cache is "
-                          "computed (kvcalc show), not measured")
-
-
 def check_options(options: MeasureOptions) -> None:
     if options.kv_dtype not in CACHE_DTYPES:
         raise OptionError(
@@ -234,16 +226,18 @@ def make_layer(
     """The full layer, weights made without a slow init: built on the meta device (no memory, no
     init), moved to ``device`` uninitialised, then filled in one cheap pass -- uniform(±1/sqrt(fan_in))
     for projections, ones for norms; from ``seed`` when given (on the CPU), so ranks agree."""
-    attn = spec.attention
+    attn = spec.attention_for(kind)
     with torch.device("meta"):
         if isinstance(attn, MlaAttention):
             layer = MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
                         attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
-                        layout=str(layout), dtype=dtype)
+                        layout=str(layout), index_n_heads=attn.index_n_heads,
+                        index_head_dim=attn.index_head_dim, dtype=dtype)
         else:
             window = spec.sliding_window if kind is LayerKind.SLIDING else None
+            chunk = spec.attention_chunk_size if kind is LayerKind.CHUNKED else None
             layer = Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                              attn.v_head_dim, window=window, dtype=dtype)
+                              attn.v_head_dim, window=window, chunk=chunk, dtype=dtype)
     layer = layer.to_empty(device=device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -272,8 +266,8 @@ def _memory_shortfall(spec, options: MeasureOptions, device, cache_bytes: int) -
     if device.type != "cpu":
         return None
     layers = options.layers * max(1, len(spec.layer_counts))
-    weights = spec.attention.weight_count(spec.hidden_size) * 2 * layers
-    width = max(spec.hidden_size, spec.attention.num_heads * 320)
+    weights = max(a.weight_count(spec.hidden_size) for a in spec.attentions) * 2 * layers
+    width = max(spec.hidden_size, max(a.num_heads for a in spec.attentions) * 320)
     activations = 8 * options.batch * options.seq_len * width * 4
     needed = cache_bytes + weights + activations
     available = _available_host_bytes()

@@ -50,19 +50,22 @@ class Parallel:
             )
         if self.tp % self.dcp:
             raise OptionError(f"--dcp {self.dcp}: must divide --tp {self.tp} (DCP reuses the TP ranks)")
-        if self.pp > spec.num_layers:
-            raise OptionError(f"--pp {self.pp}: more stages than {spec.name}'s {spec.num_layers} layers")
-        heads = spec.attention.num_heads
-        if heads % self.attention_tp:
-            raise OptionError(
-                f"--tp {self.tp}: attention tp {self.attention_tp} does not divide "
-                f"{spec.name}'s {heads} query heads"
-            )
-        if not isinstance(spec.attention, MlaAttention):
-            kv, tp = spec.attention.num_kv_heads, self.attention_tp
+        blocks = spec.num_layers // spec.sublayers
+        if self.pp > blocks:
+            raise OptionError(f"--pp {self.pp}: more stages than {spec.name}'s {blocks} layers")
+        for attention in spec.attentions:
+            self._check_heads(spec.name, attention)
+
+    def _check_heads(self, name: str, attention) -> None:
+        heads, tp = attention.num_heads, self.attention_tp
+        if heads % tp:
+            raise OptionError(f"--tp {self.tp}: attention tp {tp} does not divide {name}'s {heads} "
+                              "query heads")
+        if not isinstance(attention, MlaAttention):
+            kv = attention.num_kv_heads
             if (tp > kv and tp % kv) or (tp <= kv and kv % tp):
                 raise OptionError(
-                    f"--tp {self.tp}: attention tp {tp} and {spec.name}'s {kv} KV heads must "
+                    f"--tp {self.tp}: attention tp {tp} and {name}'s {kv} KV heads must "
                     "divide one another"
                 )
 
@@ -86,8 +89,9 @@ def stage_layer_counts(spec: ModelSpec, pp: int, mtp: int) -> list[Counter[Layer
         counts = Counter(spec.layer_counts)
         counts[LayerKind.FULL] += mtp
         return [counts]
-    kinds = spec.layer_kinds
-    result = [Counter(kinds[i] for i in r) for r in stages(spec.num_layers, pp)]
+    kinds, per_block = spec.layer_kinds, spec.sublayers
+    blocks = stages(spec.num_layers // per_block, pp)  # stages split decoder layers, sublayers together
+    result = [Counter(kinds[i] for i in range(r.start * per_block, r.stop * per_block)) for r in blocks]
     result[-1][LayerKind.FULL] += mtp
     return result
 

@@ -46,17 +46,23 @@ class MlaAttentionFile(_Frozen):
     index_n_heads: _size("index_n_heads") | None = None
 
 
+AttentionFile = Annotated[StandardAttentionFile | MlaAttentionFile, Field(discriminator="kind")]
+
+
 class ModelSpecFile(_Frozen):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     display_name: Annotated[str, Field(min_length=1)]
     source: str | None = None
     num_layers: _size("num_layers")
+    sublayers: _size("sublayers") = 1
     hidden_size: _size("hidden_size")
     params: _size("params") | None = None
     max_position_embeddings: _size("max_position_embeddings") | None = None
     mtp_layers: _size("mtp_layers", low=0) = 0
-    attention: Annotated[StandardAttentionFile | MlaAttentionFile, Field(discriminator="kind")]
+    attention: AttentionFile
     sliding_window: _size("sliding_window") | None = None
+    attention_chunk_size: _size("attention_chunk_size") | None = None
+    layer_attention: Annotated[dict[LayerKind, AttentionFile], Field(min_length=1)] | None = None
     layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1, max_length=MAX_LAYERS)] | None = None
     layer_types: Annotated[tuple[LayerKind, ...], Field(max_length=MAX_LAYERS)] | None = None
     assumptions: tuple[str, ...] = ()
@@ -96,8 +102,13 @@ def _describe(e: ValidationError) -> str:
 
 def _field_name(loc: tuple) -> str:
     """Dotted field path, without pydantic's union tags (``attention.mla.x`` -> ``attention.x``)."""
-    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "attention")]
+    parts = [str(p) for i, p in enumerate(loc) if not (i and _is_attention(loc[:i]))]
     return ".".join(parts) or "spec"
+
+
+def _is_attention(loc: tuple) -> bool:
+    """Whether ``loc`` ends at an attention mapping, whose next step is pydantic's union tag."""
+    return loc[-1] == "attention" or (len(loc) > 1 and loc[-2] == "layer_attention")
 
 
 def _show(value: Any) -> str:

@@ -22,6 +22,10 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 class LayerKind(StrEnum):
     FULL = "full"
     SLIDING = "sliding"
+    """Holds the last ``sliding_window`` tokens."""
+    CHUNKED = "chunked"
+    """Attends within fixed chunks of ``attention_chunk_size`` tokens (Llama-4's local layers), so
+    it never needs more than one chunk's worth."""
     SHARED = "shared"
     """Reuses an earlier layer's cache and holds none of its own (Gemma-3n's last
     ``num_kv_shared_layers``; transformers' ``DummyLayer``)."""
@@ -33,12 +37,12 @@ MAX_DIM = 1 << 20
 MAX_TOKENS = 1 << 36
 MAX_PARAMS = 10**16
 BOUNDS: dict[str, int] = {
-    "num_layers": MAX_LAYERS, "mtp_layers": MAX_LAYERS,
+    "num_layers": MAX_LAYERS, "mtp_layers": MAX_LAYERS, "sublayers": 16,
     "num_heads": MAX_HEADS, "num_kv_heads": MAX_HEADS,
     "hidden_size": MAX_DIM, "head_dim": MAX_DIM, "v_head_dim": MAX_DIM, "q_lora_rank": MAX_DIM,
     "kv_lora_rank": MAX_DIM, "qk_nope_head_dim": MAX_DIM, "qk_rope_head_dim": MAX_DIM,
     "index_head_dim": MAX_DIM, "index_n_heads": MAX_HEADS,
-    "sliding_window": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
+    "sliding_window": MAX_TOKENS, "attention_chunk_size": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
     "params": MAX_PARAMS,
 }
 """The largest value each size may take: far above any real model (the largest have ~200 layers,
@@ -155,7 +159,12 @@ class ModelSpec:
 
     Layer pattern: by default every layer is full attention. ``layer_pattern`` repeats from layer 0
     (Gemma-3: five ``sliding`` then one ``full``); ``layer_types`` lists every layer explicitly.
-    A sliding layer holds at most ``sliding_window`` tokens.
+    A sliding layer holds at most ``sliding_window`` tokens, a chunked one at most
+    ``attention_chunk_size``.
+
+    Every layer uses ``attention`` unless ``layer_attention`` gives its kind its own shape
+    (Gemma-4's full layers: wider heads, fewer KV heads; MiMo-V2-Flash's sliding layers: more KV
+    heads). The plan of what each layer caches is built from this in ``plan.py``.
     """
 
     name: str
@@ -163,6 +172,9 @@ class ModelSpec:
     source: str | None = None
     """URL (or path) of the published config the numbers were read from."""
     num_layers: int
+    """Attention layers, each with its own cache."""
+    sublayers: int = 1
+    """Attention layers per decoder layer (LongCat-Flash: 2); pipeline stages split decoder layers."""
     hidden_size: int
     params: int | None = None
     """Total parameter count: the model card's figure, or derived from an imported config."""
@@ -172,6 +184,8 @@ class ModelSpec:
     same attention kind, cached only when an engine runs MTP speculative decoding."""
     attention: Attention
     sliding_window: int | None = None
+    attention_chunk_size: int | None = None
+    layer_attention: dict[LayerKind, Attention] = field(default_factory=dict)
     layer_pattern: tuple[LayerKind, ...] | None = None
     layer_types: tuple[LayerKind, ...] | None = None
     assumptions: tuple[str, ...] = field(default=())
@@ -180,9 +194,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
             raise ValueError(f"name: {self.name!r} must be lowercase letters, digits, '.', '_', '-'")
-        _check_positive(num_layers=self.num_layers, hidden_size=self.hidden_size,
+        _check_positive(num_layers=self.num_layers, sublayers=self.sublayers, hidden_size=self.hidden_size,
                         params=self.params, max_position_embeddings=self.max_position_embeddings,
-                        sliding_window=self.sliding_window)
+                        sliding_window=self.sliding_window, attention_chunk_size=self.attention_chunk_size)
         if type(self.mtp_layers) is not int or not 0 <= self.mtp_layers <= MAX_LAYERS:
             raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be an integer from 0 to {MAX_LAYERS:,}")
         for key in ("layer_pattern", "layer_types"):
@@ -191,8 +205,32 @@ class ModelSpec:
                 object.__setattr__(self, key, _layer_kinds(key, kinds))
         object.__setattr__(self, "assumptions", tuple(self.assumptions))
         self._check_layers()
+        self._check_layer_attention()
+
+    def _check_layer_attention(self) -> None:
+        kinds = {}
+        for key, attention in self.layer_attention.items():
+            kind = _layer_kinds("layer_attention", (key,))[0]
+            if kind is LayerKind.SHARED or not self.layer_counts[kind]:
+                raise ValueError(f"layer_attention: {str(key)!r}: no layer of this model is {kind}")
+            if attention.kind != self.attention.kind:
+                raise ValueError(f"layer_attention.{kind}: {attention.kind} attention beside "
+                                 f"{self.attention.kind} attention is not modelled")
+            kinds[kind] = attention
+        object.__setattr__(self, "layer_attention", kinds)
+
+    def attention_for(self, kind: LayerKind) -> Attention:
+        """The attention of the layers of ``kind``."""
+        return self.layer_attention.get(kind, self.attention)
+
+    @property
+    def attentions(self) -> tuple[Attention, ...]:
+        """Every distinct attention the layers use, ``attention`` first."""
+        return (self.attention, *(a for a in self.layer_attention.values() if a != self.attention))
 
     def _check_layers(self) -> None:
+        if self.num_layers % self.sublayers:
+            raise ValueError(f"num_layers {self.num_layers} is not a multiple of sublayers {self.sublayers}")
         if self.layer_pattern is not None and self.layer_types is not None:
             raise ValueError("give layer_pattern or layer_types, not both")
         if self.layer_pattern == ():
@@ -202,20 +240,27 @@ class ModelSpec:
                 f"layer_types lists {len(self.layer_types)} layers but num_layers is "
                 f"{self.num_layers}"
             )
-        sliding = self.layer_counts[LayerKind.SLIDING]
-        if sliding and self.sliding_window is None:
-            raise ValueError(f"{sliding} layers are sliding but sliding_window is not set")
-        if self.sliding_window is not None and not sliding:
-            raise ValueError(
-                f"sliding_window is {self.sliding_window} but no layer is sliding "
-                "(add layer_pattern: [sliding] for every layer)"
-            )
+        for kind, key in ((LayerKind.SLIDING, "sliding_window"), (LayerKind.CHUNKED, "attention_chunk_size")):
+            self._check_span(kind, key)
+
+    def _check_span(self, kind: LayerKind, key: str) -> None:
+        """A sliding (chunked) layer needs its window (chunk), and a window needs a layer."""
+        layers, span = self.layer_counts[kind], getattr(self, key)
+        if layers and span is None:
+            raise ValueError(f"{layers} layers are {kind} but {key} is not set")
+        if span is not None and not layers:
+            raise ValueError(f"{key} is {span} but no layer is {kind} "
+                             f"(add layer_pattern: [{kind}] for every layer)")
         positions = self.max_position_embeddings
-        if self.sliding_window is not None and positions is not None and self.sliding_window > positions:
-            raise ValueError(
-                f"sliding_window {self.sliding_window:,} exceeds max_position_embeddings {positions:,}: "
-                "such a layer never slides (list it as full)"
-            )
+        if span is not None and positions is not None and span > positions:
+            raise ValueError(f"{key} {span:,} exceeds max_position_embeddings {positions:,}: such a "
+                             "layer holds every token (list it as full)")
+
+    def span(self, kind: LayerKind) -> int | None:
+        """The most tokens a layer of ``kind`` attends to: its window or chunk (None: every token)."""
+        if kind is LayerKind.SLIDING:
+            return self.sliding_window
+        return self.attention_chunk_size if kind is LayerKind.CHUNKED else None
 
     @property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
@@ -236,18 +281,23 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """A spec from plain data (a parsed file). Raises ValueError or TypeError naming the field."""
-        attention = dict(data["attention"])
-        kind = attention.pop("kind")
-        try:
-            built = ATTENTION_KINDS[kind](**attention)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"attention: {e}") from None
-        return cls(**{**data, "attention": built})
+        layer_attention = {
+            kind: _attention(f"layer_attention.{kind}", value)
+            for kind, value in (data.get("layer_attention") or {}).items()
+        }
+        return cls(**{**data, "attention": _attention("attention", data["attention"]),
+                      "layer_attention": layer_attention})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data that ``from_dict`` reads back to an equal spec."""
         data = asdict(self)
         data["attention"] = {"kind": self.attention.kind, **data["attention"]}
+        data["layer_attention"] = {
+            str(kind): {"kind": a.kind, **asdict(a)} for kind, a in self.layer_attention.items()
+        }
+        for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None)):
+            if data[key] == default:
+                del data[key]
         for key in ("layer_pattern", "layer_types"):
             if data[key] is not None:
                 data[key] = [str(k) for k in data[key]]
@@ -255,9 +305,19 @@ class ModelSpec:
         return data
 
 
+def _attention(key: str, data: dict[str, Any]) -> Attention:
+    fields = dict(data)
+    kind = fields.pop("kind")
+    try:
+        return ATTENTION_KINDS[kind](**fields)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{key}: {e}") from None
+
+
 def _layer_kinds(key: str, kinds) -> tuple[LayerKind, ...]:
     try:
         return tuple(LayerKind(k) for k in kinds)
     except ValueError:
         bad = next(k for k in kinds if k not in LayerKind.__members__.values())
-        raise ValueError(f"{key}: {bad!r} is not 'full', 'sliding' or 'shared'") from None
+        names = ", ".join(repr(str(k)) for k in LayerKind)
+        raise ValueError(f"{key}: {bad!r} is not one of {names}") from None

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from kvcalc.analytic import Comparison, Footprint, Layout
 from kvcalc.render import Column, Kind
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
 
@@ -195,6 +195,9 @@ LIST_COLUMNS = (
     Column("sliding_window", "Window", lambda r: _window(r[0]), data=False),
     Column("sliding_window", "", lambda r: r[0].sliding_window, human=False),
     Column("sliding_layers", "", lambda r: r[0].layer_counts["sliding"], human=False),
+    Column("attention_chunk_size", "", lambda r: r[0].attention_chunk_size, human=False),
+    Column("chunked_layers", "", lambda r: r[0].layer_counts["chunked"], human=False),
+    Column("shared_layers", "", lambda r: r[0].layer_counts["shared"], human=False),
     Column("bytes_per_token", "B/token bf16", lambda r: r[1].bytes_per_token, Kind.COUNT),
     Column("params", "Params", lambda r: r[0].params, human=False),
     Column("source", "Source", lambda r: r[0].source, human=False),
@@ -219,17 +222,23 @@ PART_COLUMNS = (
 
 
 def _cache_shape(fp: Footprint) -> str:
-    return " + ".join(
-        f"{p.name} {' × '.join(str(f.size) for f in p.factors)}"
-        for p in fp.parts
-        if p.layer_kind == fp.parts[0].layer_kind
-    )
+    """Each part's width; per layer kind when the kinds cache different shapes (Gemma-4)."""
+    kinds: dict[str, str] = {}
+    for p in fp.parts:
+        shape = f"{p.name} {' × '.join(str(f.size) for f in p.factors)}"
+        kinds[p.layer_kind] = f"{kinds[p.layer_kind]} + {shape}" if p.layer_kind in kinds else shape
+    if len(set(kinds.values())) == 1:
+        return next(iter(kinds.values()))
+    return "; ".join(f"{kind}: {shape}" for kind, shape in kinds.items())
 
 
 def _window(spec: ModelSpec) -> str | None:
-    if spec.sliding_window is None:
-        return None
-    return f"{spec.sliding_window:,} on {spec.layer_counts['sliding']}/{spec.num_layers}"
+    """``1,024 on 52/62`` (sliding), ``chunk 8,192 on 36/48`` (chunked)."""
+    spans = []
+    for kind, label in ((LayerKind.SLIDING, ""), (LayerKind.CHUNKED, "chunk ")):
+        if spec.layer_counts[kind]:
+            spans.append(f"{label}{spec.span(kind):,} on {spec.layer_counts[kind]}/{spec.num_layers}")
+    return ", ".join(spans) or None
 
 
 def compare_title(fp: Footprint, layout: Layout | None, any_mla: bool) -> str:

@@ -115,7 +115,9 @@ def test_list(cli):
     status, out, _ = cli("list", "-f", "json")
     assert status == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert len(rows) == 25
+    assert len(rows) == 34
+    assert rows["llama-4-scout"]["chunked_layers"] == 36
+    assert rows["gemma-4-e4b"]["shared_layers"] == 18
     assert rows["deepseek-v3"]["bytes_per_token"] == 70_272
     assert rows["gpt-oss-120b"]["sliding_layers"] == 18
 

@@ -6,6 +6,8 @@ DeepSeek-V3.2-Exp inference/model.py: k_cache fp8 + k_scale_cache fp32 per 128).
 the keys in the model dtype (tests/test_families.py checks that against its real cache).
 """
 
+import json
+
 import pytest
 
 from kvcalc.analytic import Options, footprint
@@ -75,11 +77,13 @@ def test_explain_names_the_indexer_format(cli):
     assert "  (528 + 128 + 132) B × 61 layers = 48,068 B/token" in out
 
 
-def test_measure_refuses_what_it_cannot_build(cli):
-    status, out, err = cli("measure", "deepseek-v3.2", "--seq", "256", "--device", "cpu")
-    assert (status, out) == (2, "")
-    assert err == ("kvcalc: error: deepseek-v3.2: measure does not build the DSA indexer yet; its cache is "
-                   "computed (kvcalc show), not measured\n")
+def test_measure_builds_the_indexer(cli):
+    """One real DSA layer at 256 tokens: the bf16 latent and rope key (1,152 B) and the indexer's fp8
+    key with its fp32 scale (132 B) per token, measured equal to the formula."""
+    status, out, _ = cli("measure", "deepseek-v3.2", "--seq", "256", "--device", "cpu", "-f", "json")
+    assert status == 0
+    row = json.loads(out)[0]
+    assert row["measured_bytes"] == row["analytic_bytes"] == (1152 + 132) * 256
 
 
 def test_an_indexer_needs_both_fields_and_a_low_rank_query(spec_file, cli):

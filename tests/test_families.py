@@ -58,6 +58,18 @@ CASES = [
     ("gemma3n_text", {"num_kv_shared_layers": 0}),
     ("gemma3n_text", {"num_kv_shared_layers": 2, "layer_types": ["sliding_attention"] * 4 + ["full_attention"]
                       + ["sliding_attention"] * 4 + ["full_attention"] + ["sliding_attention"] * 2}),
+    ("llama4_text", {}),  # every 4th layer full (NoPE), the others chunked by 8192
+    ("llama4_text", {"attention_chunk_size": 1024, "no_rope_layer_interval": 3}),
+    ("llama4_text", {"no_rope_layers": [1, 0] * 6}),
+    ("llama4_text", {"layer_types": ["chunked_attention", "full_attention"] * 6}),
+    ("gemma4_text", {}),
+    ("gemma4_text", {"num_kv_shared_layers": 4, "sliding_window": 1024}),
+    ("gemma4_text", {"layer_types": ["sliding_attention"] * 12}),  # the last forced full
+    ("gemma4_text", {"use_bidirectional_attention": "vision"}),
+    ("mimo_v2_flash", {}),
+    ("mimo_v2_flash", {"sliding_window_size": 128}),
+    ("glm_moe_dsa", {}),
+    ("glm_moe_dsa", {"index_topk_freq": 1, "index_skip_topk_offset": 0}),
 ]
 
 
@@ -71,19 +83,27 @@ def reference_layers(config: dict) -> list[tuple[str, int | None]]:
     """Every layer's (kind, window) in the cache transformers builds for ``config``."""
     text = AutoConfig.for_model(**config).get_text_config()
     types, kwargs = get_layer_types_and_kwargs(text)
-    kinds = {"full_attention": "full", "sliding_attention": "sliding", "dummy": "shared"}
+    kinds = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked",
+             "dummy": "shared", "indexed_attention": "full"}
     return [(kinds[t], k.get("sliding_window")) for t, k in zip(types, kwargs, strict=True)]
+
+
+def our_layers(spec) -> list[tuple[str, int | None]]:
+    return [(str(k), spec.span(k)) for k in spec.layer_kinds]
 
 
 @pytest.mark.parametrize(("model_type", "fields"), CASES, ids=[f"{t}-{i}" for i, (t, _) in enumerate(CASES)])
 def test_layers_match_transformers(tmp_path, model_type, fields):
     config = {"model_type": model_type, **BASE, **fields}
     spec = read(config, tmp_path)
-    ours = [(str(k), spec.sliding_window if k == "sliding" else None) for k in spec.layer_kinds]
-    assert ours == reference_layers(config)
+    assert our_layers(spec) == reference_layers(config)
 
 
-@pytest.mark.parametrize("model_type", sorted({t for t, _ in CASES}))
+MLA_TYPES = {"deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3", "glm_moe_dsa", "longcat_flash"}
+PER_LAYER = {"gemma4_text", "mimo_v2_flash"}
+
+
+@pytest.mark.parametrize("model_type", sorted({t for t, _ in CASES} - MLA_TYPES - PER_LAYER))
 def test_heads_match_transformers(tmp_path, model_type):
     config = {"model_type": model_type, **{k: v for k, v in BASE.items() if k != "head_dim"}}
     if model_type == "gemma3n_text":
@@ -94,7 +114,57 @@ def test_heads_match_transformers(tmp_path, model_type):
     assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (text.num_key_value_heads, head_dim)
 
 
-@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3"])
+@pytest.mark.parametrize("fields", [
+    {}, {"attention_k_eq_v": True, "num_global_key_value_heads": 1},
+    {"attention_k_eq_v": False, "num_global_key_value_heads": 1, "global_head_dim": 384},
+    {"attention_k_eq_v": True, "num_global_key_value_heads": 1, "num_kv_shared_layers": 4},
+])
+def test_gemma4_per_layer_shapes_match_transformers(tmp_path, fields):
+    """Full layers take global_head_dim, and num_global_key_value_heads only with attention_k_eq_v
+    (transformers' per_layer_config)."""
+    config = {"model_type": "gemma4_text", **BASE, **fields}
+    spec = read(config, tmp_path)
+    text = AutoConfig.for_model(**config)
+    want = [(text.per_layer_config[i].head_dim, text.per_layer_config[i].num_key_value_heads)
+            for i in range(text.num_hidden_layers)]
+    ours = [(spec.attention_for(k).head_dim, spec.attention_for(k).num_kv_heads) for k in spec.layer_kinds]
+    shared = sum(k == "shared" for k in spec.layer_kinds)
+    assert ours[:len(ours) - shared] == want[:len(want) - shared]
+
+
+def test_gemma4_per_layer_config_in_the_file_is_read(tmp_path):
+    text = AutoConfig.for_model(model_type="gemma4_text", **BASE, global_head_dim=128)
+    config = {"model_type": "gemma4_text", **BASE, "per_layer_config": {"5": {"head_dim": 128}, "11": {"head_dim": 128}}}
+    spec = read(config, tmp_path)
+    assert spec.attention_for("full").head_dim == text.per_layer_config[5].head_dim == 128
+
+
+def test_mimo_sliding_layers_have_twice_the_kv_heads(tmp_path):
+    spec = read({"model_type": "mimo_v2_flash", **BASE}, tmp_path)
+    assert (spec.attention.num_kv_heads, spec.attention.head_dim, spec.attention.value_dim) == (2, 64, 128)
+    assert spec.attention_for("sliding").num_kv_heads == 4
+    with pytest.raises(SpecError, match=r"swa_num_key_value_heads: 8: transformers' sliding layers use 4"):
+        read({"model_type": "mimo_v2_flash", **BASE, "swa_num_key_value_heads": 8}, tmp_path)
+
+
+def test_longcat_has_two_attention_layers_per_decoder_layer(tmp_path):
+    config = {"model_type": "longcat_flash", **{k: v for k, v in BASE.items() if k != "num_hidden_layers"},
+              "num_layers": 6}
+    spec = read(config, tmp_path)
+    assert (spec.num_layers, spec.sublayers) == (AutoConfig.for_model(**config).num_hidden_layers, 2) == (12, 2)
+
+
+@pytest.mark.parametrize("fields", [{"index_topk_freq": 4}, {"index_topk_pattern": "FFSFSSFSSFSS"},
+                                    {"indexer_types": ["full", "shared"] * 6}])
+def test_glm5_layers_that_reuse_an_indexer_are_refused(tmp_path, fields):
+    """transformers derives the same indexer_types; its "shared" layers hold no indexer keys."""
+    shared = AutoConfig.for_model(model_type="glm_moe_dsa", **BASE, **fields).indexer_types.count("shared")
+    assert shared
+    with pytest.raises(SpecError, match=rf"indexer_types: {shared} of 12 layers reuse another layer's indexer"):
+        read({"model_type": "glm_moe_dsa", **BASE, **fields}, tmp_path)
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3", "glm_moe_dsa"])
 def test_mla_families_take_the_class_defaults(tmp_path, model_type):
     config = {"model_type": model_type, **BASE}
     spec = read(config, tmp_path)
@@ -125,10 +195,9 @@ def test_families_kvcalc_does_not_model_are_refused(tmp_path, model_type):
         read({"model_type": model_type, **BASE}, tmp_path)
 
 
-def test_chunked_llama4_is_what_transformers_builds_and_kvcalc_refuses(tmp_path):
-    config = {"model_type": "llama4_text", **BASE}
-    assert "chunked_attention" in get_layer_types_and_kwargs(AutoConfig.for_model(**config))[0]
-    with pytest.raises(SpecError, match=r"chunked local attention \(attention_chunk_size\)"):
+def test_a_chunked_layer_type_outside_llama4_is_refused(tmp_path):
+    config = {"model_type": "llama", **BASE, "layer_types": ["chunked_attention"] * 12}
+    with pytest.raises(SpecError, match=r"layer_types: 'chunked_attention' is not supported"):
         read(config, tmp_path)
 
 
@@ -161,16 +230,16 @@ def test_fields_a_family_does_not_use_are_refused(tmp_path, fields, message):
 
 
 def test_every_family_is_covered_here():
-    tested = {t for t, _ in CASES} | {"deepseek_v2", "deepseek_v3", "deepseek_v32", "minicpm3", "falcon"}
-    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3", "gemma3n"}  # not transformers types / aliases
+    tested = {t for t, _ in CASES} | MLA_TYPES | {"falcon"}
+    # not transformers types, or wrappers whose text_config is read
+    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3", "gemma3n", "llama4", "gemma4"}
 
 
 @pytest.mark.parametrize("family", [f for f in HF_FIXTURES if f != "kimi_k2"])
 def test_published_shapes_match_transformers(tmp_path, family):
     config, _ = HF_FIXTURES[family]
     spec = read(config, tmp_path)
-    ours = [(str(k), spec.sliding_window if k == "sliding" else None) for k in spec.layer_kinds]
-    assert ours == reference_layers(config)
+    assert our_layers(spec) == reference_layers(config)
 
 
 TINY = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
@@ -197,10 +266,22 @@ MODELS = [
     ("gemma3n_text", {**WINDOW, "num_hidden_layers": 10, "num_kv_shared_layers": 4, "laurel_rank": 4,
                       "vocab_size_per_layer_input": 128, "hidden_size_per_layer_input": 8,
                       "activation_sparsity_pattern": [0.0] * 10}),
+    ("llama4_text", {"attention_chunk_size": 8, "intermediate_size_mlp": 128, "num_local_experts": 2,
+                     "num_experts_per_tok": 1, "interleave_moe_layer_step": 2}),
+    ("gemma4_text", {**WINDOW, "num_hidden_layers": 8, "global_head_dim": 32, "vocab_size_per_layer_input": 128,
+                     "hidden_size_per_layer_input": 8}),
+    ("gemma4_text", {**WINDOW, "num_hidden_layers": 8, "global_head_dim": 32, "vocab_size_per_layer_input": 128,
+                     "hidden_size_per_layer_input": 8, "attention_k_eq_v": True, "num_global_key_value_heads": 1,
+                     "num_kv_shared_layers": 2}),
+    ("mimo_v2_flash", {**WINDOW, "num_hidden_layers": 8, "head_dim": 24, "v_head_dim": 16, "n_routed_experts": 4,
+                       "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+    ("longcat_flash", {**TINY_MLA, "head_dim": 8, "num_hidden_layers": None, "num_layers": 2, "ffn_hidden_size": 64,
+                       "expert_ffn_hidden_size": 32, "n_routed_experts": 4, "moe_topk": 2, "zero_expert_num": 2}),
+    ("glm_moe_dsa", {**TINY_MOE, **TINY_MLA, "index_head_dim": 32, "index_n_heads": 4, "index_topk": 8}),
 ]
 
 
-@pytest.mark.parametrize(("model_type", "fields"), MODELS, ids=[t for t, _ in MODELS])
+@pytest.mark.parametrize(("model_type", "fields"), MODELS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(MODELS)])
 def test_cache_bytes_match_transformers(tmp_path, model_type, fields):
     """A tiny model of the family, built by transformers from the config kvcalc reads: a 20-token
     prefill and one decode step, then every tensor its DynamicCache holds, summed, equals kvcalc's

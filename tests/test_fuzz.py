@@ -41,6 +41,9 @@ for _name, _config in [*((f, c) for f, (c, _) in FAMILIES.items()), ("llama-3.1-
                        ("deepseek-v3", DEEPSEEK_V3), ("mixtral", MIXTRAL), ("qwen2.5-7b", QWEN25_7B)]:
     if all(_config is not seen for seen in CONFIGS.values()):  # each document once
         CONFIGS[_name] = _config
+for _path in sorted((REPO / "tests" / "data" / "published").glob("*.json")):
+    if _path.stem != "deepseek-v4-flash":  # refused whole, by model_type
+        CONFIGS[_path.stem] = json.loads(_path.read_text())
 DOCS = {"spec": SPECS, "hf": CONFIGS}
 
 
@@ -55,13 +58,14 @@ MUTATIONS = (DELETE, 0, -1, 1.5, "64", None, True, [], {}, 10**30, math.nan)
 # What each field holds. A value among MUTATIONS is valid only where listed here; null or absent
 # only for a field that is not required.
 TEXT = {"name", "display_name", "source", "model_type", "topk_method"}  # any string, "64" included
-FLAGS = {"use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias"}  # True only
+FLAGS = {"use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias",  # True only
+         "attention_k_eq_v"}
 # Counts where 0 is a real value, not a missing one: no MTP layer, no shared expert, no leading
 # dense layer, no full-attention layer below the window; q_lora_rank 0 (like null) is a plain
 # query projection.
 ZERO_OK = {"mtp_layers", "num_nextn_predict_layers", "n_shared_experts", "first_k_dense_replace",
-           "max_window_layers", "q_lora_rank"}
-# schema.py's required fields (bundled specs give v_head_dim only for MLA, where it is required).
+           "max_window_layers", "q_lora_rank", "num_kv_shared_layers", "index_skip_topk_offset"}
+# schema.py's required fields (v_head_dim only for MLA: standard attention's defaults to head_dim).
 SPEC_REQUIRED = {"name", "display_name", "num_layers", "hidden_size", "attention", "kind", "num_heads",
                  "num_kv_heads", "head_dim", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
                  "v_head_dim"}
@@ -73,8 +77,16 @@ HF_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_emb
              "max_window_layers", "max_position_embeddings", "n_positions", "num_nextn_predict_layers",
              "vocab_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
              "n_routed_experts", "num_local_experts", "num_experts", "n_shared_experts",
-             "first_k_dense_replace"}
-HF_READ = HF_COUNTS | FLAGS | {"model_type", "topk_method", "layer_types", "text_config"}
+             "first_k_dense_replace", "attention_chunk_size", "no_rope_layer_interval", "global_head_dim",
+             "num_global_key_value_heads", "sliding_window_size", "swa_num_key_value_heads", "swa_head_dim",
+             "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset", "index_head_dim", "index_n_heads",
+             "index_topk", "num_kv_shared_layers"}
+# Fields of structure (lists, mappings, modes) where several of the mutations are real values
+# ([] no_rope_layers: the default layout; {} per_layer_config: no override): any outcome that is a
+# figure or a one-line error naming the field is right.
+HF_STRUCTURED = {"no_rope_layers", "per_layer_config", "indexer_types", "index_topk_pattern",
+                 "use_bidirectional_attention"}
+HF_READ = HF_COUNTS | FLAGS | HF_STRUCTURED | {"model_type", "topk_method", "layer_types", "text_config"}
 HF_REQUIRED = {"num_hidden_layers", "n_layer", "hidden_size", "num_attention_heads", "n_head", "text_config"}
 # Fields that change the parameter count or a label, never bytes_per_token.
 SPEC_NO_CACHE = {"name", "display_name", "source", "params", "max_position_embeddings"}
@@ -158,7 +170,7 @@ def must_fail(field: str | None, value, required: set[str]) -> bool:
         return field in required
     valid = ((field in ZERO_OK and type(value) is int and value == 0)
              or (field in TEXT and value == "64") or (field in FLAGS and value is True))
-    return not valid
+    return not valid and field not in HF_STRUCTURED
 
 
 def spelling(value) -> str | None:
@@ -230,14 +242,30 @@ def fuzz_one(kind: str, name: str, data) -> None:
     doc = DOCS[kind][name]
     path = data.draw(st.sampled_from(key_paths(doc)), label="path")
     value = data.draw(st.sampled_from(MUTATIONS), label="value")
+    fuzz_case(kind, name, path, value)
+
+
+def fuzz_case(kind: str, name: str, path: tuple, value) -> None:
+    """One mutation of one document, run and checked (an exhaustive run calls this directly)."""
+    doc = DOCS[kind][name]
     # Every key of a bundled spec is a schema field; a config holds keys kvcalc never reads.
     field = path[-1] if kind == "spec" else hf_field(doc, path)
     required, blame, no_cache = RULES[kind]
+    if kind == "spec" and _parent(doc, path).get("kind") == "standard":
+        required = required - {"v_head_dim"}  # standard attention's V defaults to head_dim
     figure = baseline(kind, name) if field is None or field in no_cache else None
+    if field in HF_STRUCTURED:
+        figure = None
     with tempfile.TemporaryDirectory() as tmp:
         file = write(kind, mutate(doc, path, value), Path(tmp))
         result = run_show(file)
     check(result, file, path[-1], value, must_fail(field, value, required), blame.get(path[-1]), figure)
+
+
+def _parent(doc: dict, path: tuple) -> dict:
+    for key in path[:-1]:
+        doc = doc[key]
+    return doc
 
 
 @pytest.mark.parametrize("model", SPECS)

@@ -13,7 +13,9 @@ class Attention(nn.Module):
     """``num_heads`` query heads sharing ``num_kv_heads`` K/V heads; RoPE on q and k.
 
     ``window`` makes it a sliding-window layer: each query sees the last ``window`` tokens
-    (itself included) and the cache is a ring of that many slots.
+    (itself included) and the cache is a ring of that many slots. ``chunk`` makes it chunked local
+    attention (Llama-4): each query sees the tokens of its own chunk of ``chunk`` positions, all of
+    which lie in the last ``chunk`` tokens, so the cache is a ring of ``chunk`` slots.
     """
 
     def __init__(
@@ -25,6 +27,7 @@ class Attention(nn.Module):
         v_head_dim: int | None = None,
         *,
         window: int | None = None,
+        chunk: int | None = None,
         rope_theta: float = 10000.0,
         rope_interleaved: bool = False,
         device: torch.device | str | None = None,
@@ -35,7 +38,10 @@ class Attention(nn.Module):
             raise ValueError(f"num_kv_heads {num_kv_heads} does not divide num_heads {num_heads}")
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.v_head_dim = head_dim, v_head_dim or head_dim
-        self.window, self.rope_theta, self.rope_interleaved = window, rope_theta, rope_interleaved
+        if window is not None and chunk is not None:
+            raise ValueError("a layer slides (window) or attends in chunks (chunk), not both")
+        self.window, self.chunk = window, chunk
+        self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         kw = {"bias": False, "device": device, "dtype": dtype}
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, **kw)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, **kw)
@@ -44,11 +50,12 @@ class Attention(nn.Module):
         self.cache: TokenCache | None = None
 
     def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
-        """K (B, n_kv, T, d_k) and V (B, n_kv, T, d_v); T = window for a sliding layer."""
-        capacity = min(max_tokens, self.window) if self.window else max_tokens
+        """K (B, n_kv, T, d_k) and V (B, n_kv, T, d_v); T = the window or chunk when there is one."""
+        span = self.window or self.chunk
+        capacity = min(max_tokens, span) if span else max_tokens
         widths = {"k": (self.num_kv_heads, self.head_dim), "v": (self.num_kv_heads, self.v_head_dim)}
         self.cache = TokenCache(widths, batch=batch, capacity=capacity, dtype=dtype,
-                                device=self.q_proj.weight.device, ring=self.window is not None)
+                                device=self.q_proj.weight.device, ring=span is not None)
         return self.cache
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -62,13 +69,13 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin, interleaved=self.rope_interleaved)
         k = apply_rope(k, cos, sin, interleaved=self.rope_interleaved)
         if self.cache is not None:
-            if self.window and start_pos > 0 and s > 1:
-                raise ValueError("a sliding-window cache takes one token at a time after prefill")
+            if (self.window or self.chunk) and start_pos > 0 and s > 1:
+                raise ValueError("a ring cache (window, chunk) takes one token at a time after prefill")
             self.cache.write(start_pos, k=k, v=v)
         if start_pos == 0:  # prefill: the tokens at hand are all the keys
             k_pos, k, v = positions, k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, S, d)
         else:  # decode: attend over what the cache holds, (B, n_kv, T, d)
             held, k_pos = self.cache.read(x.dtype)
             k, v = held["k"], held["v"]
-        out = attend(q, k, v, positions, k_pos, window=self.window)  # (B, S, H, d_v)
+        out = attend(q, k, v, positions, k_pos, window=self.window, chunk=self.chunk)  # (B, S, H, d_v)
         return self.o_proj(out.reshape(b, s, self.num_heads * self.v_head_dim))

@@ -28,15 +28,20 @@ class TokenCache(nn.Module):
         dtype: torch.dtype,
         device: torch.device | str,
         ring: bool = False,
+        dtypes: dict[str, torch.dtype] | None = None,
     ) -> None:
+        """``dtypes`` stores some tensors in a format of their own (the DSA indexer's fp8 keys and
+        fp32 scales), read back as stored."""
         super().__init__()
         self.names = tuple(widths)
+        self.own_dtype = set(dtypes or ())
         self.per_head = {name: len(width) == 2 for name, width in widths.items()}
         self.capacity = capacity
         self.ring = ring
         for name, width in widths.items():
             shape = (batch, width[0], capacity, width[1]) if len(width) == 2 else (batch, capacity, *width)
-            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+            own = (dtypes or {}).get(name, dtype)
+            self.register_buffer(name, torch.zeros(shape, dtype=own, device=device), persistent=False)
         self.length = 0
         """Tokens written so far (positions 0 .. length - 1)."""
 
@@ -69,7 +74,7 @@ class TokenCache(nn.Module):
         for name in self.names:
             buffer = getattr(self, name)
             view = buffer[:, :, :held] if self.per_head[name] else buffer[:, :held]
-            tensors[name] = view.to(dtype)
+            tensors[name] = view if name in self.own_dtype else view.to(dtype)
         return tensors, positions
 
     def fill(self, tokens: int) -> None:
@@ -102,13 +107,17 @@ def positions_of(cache: TokenCache | None, start_pos: int, seq: int, device) -> 
 
 
 def attention_mask(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
+    q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, chunk: int | None = None
 ) -> torch.Tensor:
-    """(S, T) boolean: key t is visible to query s (causal; within ``window`` tokens, self included)."""
+    """(S, T) boolean: key t is visible to query s (causal; within ``window`` tokens, self
+    included; in the same ``chunk`` -- positions c*chunk .. (c+1)*chunk - 1 -- for chunked local
+    attention)."""
     delta = q_pos[:, None] - k_pos[None, :]
     visible = delta >= 0
     if window is not None:
         visible &= delta < window
+    if chunk is not None:
+        visible &= q_pos[:, None] // chunk == k_pos[None, :] // chunk
     return visible
 
 
@@ -124,6 +133,8 @@ def attend(
     k_pos: torch.Tensor,
     *,
     window: int | None = None,
+    chunk: int | None = None,
+    keep: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
     """Masked attention, q (B, S, H, D), k (B, Hk, T, D), v (B, Hk, T, Dv) -> (B, S, H, Dv).
@@ -132,14 +143,16 @@ def attend(
     queries are the keys (a prefill) and no window cuts in, it is one causal flash call. Otherwise
     (decode, windows) each KV head's group of query heads is folded into rows of one matmul -- as
     FlashMLA folds heads -- so K and V are read once, never expanded or upcast; query blocks keep at
-    most ``SCORE_BUDGET`` scores alive; the softmax runs in fp32.
+    most ``SCORE_BUDGET`` scores alive; the softmax runs in fp32. ``keep`` (B, S, T) narrows each
+    query to the keys a sparse-attention indexer chose.
     """
-    if q_pos is k_pos and (window is None or window >= q.shape[1]):
+    spans = (window is None or window >= q.shape[1]) and (chunk is None or chunk >= q.shape[1])
+    if q_pos is k_pos and spans and keep is None:
         return _causal(q, k, v, scale)
     b, s, h, d = q.shape
     hk = k.shape[1]
     group = h // hk
-    if k.shape[-1] == v.shape[-1] and _all_visible(q_pos, k_pos, window):
+    if k.shape[-1] == v.shape[-1] and keep is None and _all_visible(q_pos, k_pos, window, chunk):
         rows = q.reshape(b, s, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * s, d)
         out = _unmasked(rows, k, v, scale)  # (B, Hk, group * s, Dv)
         return out.reshape(b, hk, group, s, -1).permute(0, 3, 1, 2, 4).reshape(b, s, h, -1)
@@ -152,7 +165,10 @@ def attend(
         sb = qb.shape[1]
         rows = qb.reshape(b, sb, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * sb, d)
         scores = torch.matmul(rows, keys).float() * scale  # (B, Hk, group * sb, T)
-        visible = attention_mask(q_pos[start : start + sb], k_pos, window).repeat(group, 1)
+        visible = attention_mask(q_pos[start : start + sb], k_pos, window, chunk).repeat(group, 1)
+        if keep is not None:  # (B, sb, T) -> (B, 1, group * sb, T), rows ordered (group, query)
+            chosen = keep[:, start : start + sb].unsqueeze(1).expand(b, group, sb, keep.shape[-1])
+            visible = visible & chosen.reshape(b, 1, group * sb, keep.shape[-1])
         probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(v.dtype)
         out = torch.matmul(probs, v)  # (B, Hk, group * sb, Dv)
         outs.append(out.reshape(b, hk, group, sb, -1).permute(0, 3, 1, 2, 4).reshape(b, sb, h, -1))
@@ -182,9 +198,11 @@ def _unmasked(rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale) -> to
     return out.reshape(b, 1, blocks * ROW_BLOCK, -1)[:, :, :r]
 
 
-def _all_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> bool:
+def _all_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, chunk: int | None) -> bool:
     """Every key visible to every query: the usual decode step over a cache (or a full ring)."""
     newest_key, oldest_query = int(k_pos.max()), int(q_pos.min())
+    if chunk is not None and int(k_pos.min()) // chunk != int(q_pos.max()) // chunk:
+        return False
     return newest_key <= oldest_query and (window is None or int(q_pos.max() - k_pos.min()) < window)
 
 

@@ -12,7 +12,9 @@ Two cache layouts, chosen explicitly:
   vLLM and SGLang do: it is compute-bound there, and the absorbed form would cost more FLOPs.
 
 Parameter names and shapes follow transformers' ``DeepseekV3Attention``, so its state dict loads
-with ``strict=True``.
+with ``strict=True``. With ``index_n_heads`` it is DeepSeek Sparse Attention (DeepSeek-V3.2): a
+lightning indexer (``indexer.py``) picks ``index_topk`` tokens per query, and its fp8 key is cached
+beside the latent in the same cache.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
+from kvcalc.nn.indexer import Indexer
 from kvcalc.nn.rope import apply_rope, rope_angles, softmax_scale
 
 
@@ -41,6 +44,9 @@ class MLA(nn.Module):
         yarn_factor: float = 1.0,
         mscale: float = 1.0,
         eps: float = 1e-6,
+        index_n_heads: int | None = None,
+        index_head_dim: int | None = None,
+        index_topk: int = 2048,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -64,6 +70,12 @@ class MLA(nn.Module):
         self.kv_a_layernorm = nn.RMSNorm(kv_lora_rank, eps=eps, device=device, dtype=dtype)
         self.kv_b_proj = nn.Linear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), **kw)
         self.o_proj = nn.Linear(num_heads * v_head_dim, hidden_size, **kw)
+        self.indexer = None
+        if index_n_heads is not None:
+            if q_lora_rank is None or index_head_dim is None:
+                raise ValueError("the DSA indexer needs q_lora_rank and index_head_dim")
+            self.indexer = Indexer(hidden_size, q_lora_rank, index_n_heads, index_head_dim, qk_rope_head_dim,
+                                   index_topk, device=device, dtype=dtype)
         self.cache: TokenCache | None = None
 
     def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
@@ -71,8 +83,11 @@ class MLA(nn.Module):
             widths = {"latent_rope": (self.kv_lora_rank + self.rope,)}  # (B, T, d_c + d_R)
         else:  # (B, H, T, nope + rope) and (B, H, T, v)
             widths = {"k": (self.num_heads, self.qk_dim), "v": (self.num_heads, self.v_dim)}
+        own = {}
+        if self.indexer is not None:  # + the indexer's fp8 key and scales, (B, T, D) and (B, T, D / 128)
+            widths, own = {**widths, **self.indexer.widths}, self.indexer.dtypes
         self.cache = TokenCache(widths, batch=batch, capacity=max_tokens, dtype=dtype,
-                                device=self.kv_b_proj.weight.device)
+                                device=self.kv_b_proj.weight.device, dtypes=own)
         return self.cache
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -80,28 +95,36 @@ class MLA(nn.Module):
         b, s, _ = x.shape
         positions = positions_of(self.cache, start_pos, s, x.device)
         cos, sin = rope_angles(positions, self.rope, self.rope_theta)
-        q = self._query(x).view(b, s, self.num_heads, self.qk_dim)
+        q_latent = self._q_latent(x)
+        q = self._query(x, q_latent).view(b, s, self.num_heads, self.qk_dim)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
         q_pe = apply_rope(q_pe, cos, sin, interleaved=self.rope_interleaved)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
         latent = self.kv_a_layernorm(latent)  # (B, S, d_c)
         k_pe = apply_rope(k_pe[:, :, None, :], cos, sin, interleaved=self.rope_interleaved)  # (B, S, 1, d_R)
+        index_k = None if self.indexer is None else self.indexer.key(x, cos, sin)
         if self.cache is not None:
-            self._remember(start_pos, latent, k_pe)
+            self._remember(start_pos, latent, k_pe, index_k)
+        held, k_pos = (None, positions) if start_pos == 0 else self.cache.read(x.dtype)
+        keep = None
+        if self.indexer is not None:
+            stored = index_k if start_pos == 0 else {n: held[n] for n in self.indexer.widths}
+            keep = self.indexer.select(x, q_latent, stored, cos, sin, positions, k_pos)
         if start_pos == 0:  # prefill: per-head K and V of the tokens at hand (vLLM, SGLang)
-            out = self._multi_head(q_nope, q_pe, latent, k_pe, positions, positions)
+            out = self._multi_head(q_nope, q_pe, latent, k_pe, positions, positions, keep)
         elif self.layout == "latent":
-            out = self._absorbed(q_nope, q_pe, positions)
-        else:
-            held, k_pos = self.cache.read(x.dtype)  # (B, H, T, nope + rope), (B, H, T, v)
+            out = self._absorbed(q_nope, q_pe, held, positions, k_pos, keep)
+        else:  # (B, H, T, nope + rope), (B, H, T, v)
             q = torch.cat([q_nope, q_pe], dim=-1)
-            out = attend(q, held["k"], held["v"], positions, k_pos, scale=self.scale)
+            out = attend(q, held["k"], held["v"], positions, k_pos, keep=keep, scale=self.scale)
         return self.o_proj(out.reshape(b, s, self.num_heads * self.v_dim))
 
-    def _query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.q_lora_rank is None:
-            return self.q_proj(x)
-        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+    def _q_latent(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The query's low-rank latent (B, S, q_lora_rank), which the indexer reads too."""
+        return None if self.q_lora_rank is None else self.q_a_layernorm(self.q_a_proj(x))
+
+    def _query(self, x: torch.Tensor, q_latent: torch.Tensor | None) -> torch.Tensor:
+        return self.q_proj(x) if q_latent is None else self.q_b_proj(q_latent)
 
     def _up_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj's weight split per head: W_UK (H, nope, d_c) and W_UV (H, v, d_c)."""
@@ -115,25 +138,25 @@ class MLA(nn.Module):
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         return torch.cat([k_nope, k_pe.expand(-1, -1, self.num_heads, -1)], dim=-1), v
 
-    def _remember(self, start_pos: int, latent: torch.Tensor, k_pe: torch.Tensor) -> None:
+    def _remember(self, start_pos: int, latent: torch.Tensor, k_pe: torch.Tensor, index_k) -> None:
+        extra = index_k or {}
         if self.layout == "latent":
-            self.cache.write(start_pos, latent_rope=torch.cat([latent, k_pe[:, :, 0]], dim=-1))
+            self.cache.write(start_pos, latent_rope=torch.cat([latent, k_pe[:, :, 0]], dim=-1), **extra)
         else:
             k, v = self._per_head(latent, k_pe)
-            self.cache.write(start_pos, k=k, v=v)
+            self.cache.write(start_pos, k=k, v=v, **extra)
 
-    def _multi_head(self, q_nope, q_pe, latent, k_pe, q_pos, k_pos) -> torch.Tensor:
+    def _multi_head(self, q_nope, q_pe, latent, k_pe, q_pos, k_pos, keep=None) -> torch.Tensor:
         k, v = self._per_head(latent, k_pe)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, S, H, nope + rope)
-        return attend(q, k.transpose(1, 2), v.transpose(1, 2), q_pos, k_pos, scale=self.scale)
+        return attend(q, k.transpose(1, 2), v.transpose(1, 2), q_pos, k_pos, keep=keep, scale=self.scale)
 
-    def _absorbed(self, q_nope, q_pe, positions) -> torch.Tensor:
+    def _absorbed(self, q_nope, q_pe, held, positions, k_pos, keep=None) -> torch.Tensor:
         """Decode over the cached latent: W_UK folded into the query, W_UV into the output."""
-        held, k_pos = self.cache.read(q_nope.dtype)
         k = held["latent_rope"][:, None]  # one shared "KV head": (B, 1, T, d_c + d_R)
         w_uk, w_uv = self._up_projection()
         q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # (B, S, H, d_c)
         q = torch.cat([q_latent, q_pe], dim=-1)  # (B, S, H, d_c + d_R)
         # V is the latent, a prefix of K: attend with V = K and cut the output (no copy).
-        out_latent = attend(q, k, k, positions, k_pos, scale=self.scale)[..., : self.kv_lora_rank]
+        out_latent = attend(q, k, k, positions, k_pos, keep=keep, scale=self.scale)[..., : self.kv_lora_rank]
         return torch.einsum("bshc,hvc->bshv", out_latent, w_uv)  # (B, S, H, v)

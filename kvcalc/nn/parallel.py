@@ -48,7 +48,7 @@ def _shard_attention(full: Attention, shard: Shard) -> Attention:
     d, dv = full.head_dim, full.v_head_dim
     w = full.state_dict()
     weight = w["q_proj.weight"]
-    local = Attention(weight.shape[1], heads, kv, d, dv, window=full.window,
+    local = Attention(weight.shape[1], heads, kv, d, dv, window=full.window, chunk=full.chunk,
                       rope_theta=full.rope_theta, rope_interleaved=full.rope_interleaved,
                       device=weight.device, dtype=weight.dtype)
     local.load_state_dict({
@@ -64,12 +64,15 @@ def _shard_mla(full: MLA, shard: Shard) -> MLA:
     heads = _local(full.num_heads, shard, "query heads")
     w = full.state_dict()
     hidden = w["o_proj.weight"].shape[0]
+    index = full.indexer  # the DSA indexer: replicated, like the latent it sits beside
+    index_args = {} if index is None else {"index_n_heads": index.n_heads, "index_head_dim": index.head_dim,
+                                           "index_topk": index.topk}
     local = MLA(hidden, heads, full.q_lora_rank, full.kv_lora_rank, full.nope, full.rope, full.v_dim,
                 layout=full.layout, rope_theta=full.rope_theta, rope_interleaved=full.rope_interleaved,
-                device=w["o_proj.weight"].device, dtype=w["o_proj.weight"].dtype)
+                device=w["o_proj.weight"].device, dtype=w["o_proj.weight"].dtype, **index_args)
     local.scale = full.scale
     first = shard.rank * heads
-    state = dict(w)  # q_a_proj, kv_a_proj_with_mqa and the norms: replicated
+    state = dict(w)  # q_a_proj, kv_a_proj_with_mqa, the norms and the indexer: replicated
     q_name = "q_proj.weight" if full.q_lora_rank is None else "q_b_proj.weight"
     state[q_name] = _rows(w[q_name], first * full.qk_dim, heads * full.qk_dim)
     kv_width = full.nope + full.v_dim

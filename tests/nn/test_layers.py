@@ -32,9 +32,9 @@ def mla(layout, q_lora_rank=24, **kw):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-@pytest.mark.parametrize("window", [None, 5])
-def test_attention_decode_equals_forward(kv_heads, window):
-    layer = Attention(64, 4, kv_heads, 16, window=window)
+@pytest.mark.parametrize("span", [{}, {"window": 5}, {"chunk": 4}, {"chunk": 5}])
+def test_attention_decode_equals_forward(kv_heads, span):
+    layer = Attention(64, 4, kv_heads, 16, **span)
     x = torch.randn(2, 12, 64)
     full = layer(x)
     torch.testing.assert_close(decode_all(layer, x, prefill=7), full, **TOL)
@@ -72,21 +72,23 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     torch.testing.assert_close(mha(x), gqa(x), **TOL)
 
 
-def reference_attention(q, k, v, scale, window=None):
+def reference_attention(q, k, v, scale, window=None, chunk=None):
     """Plain tensors: q (S, H, D), k (T, H, D), v (T, H, Dv); query s at position s, key t at t."""
     s_len, heads = q.shape[:2]
     out = torch.zeros(s_len, heads, v.shape[-1])
     for h in range(heads):
         for s in range(s_len):
-            keys = [t for t in range(k.shape[0]) if t <= s and (window is None or s - t < window)]
+            keys = [t for t in range(k.shape[0]) if t <= s and (window is None or s - t < window)
+                    and (chunk is None or t // chunk == s // chunk)]
             scores = torch.stack([(q[s, h] * k[t, h]).sum() * scale for t in keys])
             weights = torch.softmax(scores, dim=0)
             out[s, h] = sum(w * v[t, h] for w, t in zip(weights, keys, strict=True))
     return out
 
 
-def test_attention_matches_a_plain_reference():
-    layer = Attention(32, 4, 2, 8, window=3)
+@pytest.mark.parametrize("span", [{"window": 3}, {"chunk": 4}])
+def test_attention_matches_a_plain_reference(span):
+    layer = Attention(32, 4, 2, 8, **span)
     x = torch.randn(1, 6, 32)
     pos = torch.arange(6)
     cos, sin = rope_angles(pos, 8, 10000.0)
@@ -95,8 +97,9 @@ def test_attention_matches_a_plain_reference():
     k = apply_rope((x[0] @ w["k_proj.weight"].T).view(1, 6, 2, 8), cos, sin, interleaved=False)[0]
     v = (x[0] @ w["v_proj.weight"].T).view(6, 2, 8)
     k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-    expected = reference_attention(q, k, v, 8**-0.5, window=3).reshape(6, 32) @ w["o_proj.weight"].T
+    expected = reference_attention(q, k, v, 8**-0.5, **span).reshape(6, 32) @ w["o_proj.weight"].T
     torch.testing.assert_close(layer(x)[0], expected, **TOL)
+    torch.testing.assert_close(decode_all(layer, x, 2)[0], expected, **TOL)
 
 
 def test_mla_matches_a_plain_reference():
@@ -184,3 +187,50 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
     whole = layer(x)
     monkeypatch.setattr(cache, "SCORE_BUDGET", 2 * 4 * 9)  # one query row at a time
     torch.testing.assert_close(layer(x), whole, **TOL)
+
+
+def test_chunked_cache_is_a_ring_of_the_chunk():
+    """Llama-4's local layers: the keys of a query's chunk all lie in the last ``chunk`` tokens."""
+    layer = Attention(32, 2, 1, 16, chunk=4)
+    cache = layer.allocate_cache(1, 100, torch.float16)
+    assert cache.nbytes == 2 * 4 * 16 * 2
+    with pytest.raises(ValueError, match="slides .* or attends in chunks"):
+        Attention(32, 2, 1, 16, window=4, chunk=4)
+
+
+def dsa(layout, topk):
+    return mla(layout, index_n_heads=2, index_head_dim=16, index_topk=topk)
+
+
+@pytest.mark.parametrize("layout", ["latent", "decompressed"])
+def test_dsa_decode_equals_forward(layout):
+    """The indexer keeps 4 of up to 10 tokens per query: a sparse attention, the same whether the
+    keys come from the tokens at hand or from the fp8 cache."""
+    layer = dsa(layout, topk=4)
+    x = torch.randn(2, 10, 64)
+    torch.testing.assert_close(decode_all(layer, x, prefill=6), layer(x), **TOL)
+
+
+def test_dsa_attends_to_the_chosen_tokens_only():
+    sparse, dense = dsa("latent", topk=3), mla("latent")
+    dense.load_state_dict({k: v for k, v in sparse.state_dict().items() if not k.startswith("indexer.")})
+    x = torch.randn(1, 8, 64)
+    first = slice(0, 3)  # the first 3 queries see at most 3 tokens: everything, as dense attention
+    torch.testing.assert_close(sparse(x)[:, first], dense(x)[:, first], **TOL)
+    assert not torch.allclose(sparse(x)[:, 3:], dense(x)[:, 3:], **TOL)
+    assert dsa("latent", topk=8)(x).shape == x.shape
+
+
+def test_dsa_cache_holds_the_fp8_indexer_key_and_its_scale():
+    """DeepSeek's format: 16 fp8 values + one fp32 scale = 20 B per token beside the latent."""
+    cache = dsa("latent", topk=4).allocate_cache(2, 10, torch.bfloat16)
+    assert cache.nbytes == 2 * 10 * ((32 + 8) * 2 + 16 + 4)
+    assert (cache.index_k.dtype, cache.index_scale.dtype) == (torch.float8_e4m3fn, torch.float32)
+
+
+def test_indexer_state_dict_has_transformers_names_and_shapes():
+    """DeepseekV32Indexer's parameters for q_lora 24, 2 heads of 16."""
+    state = {k: tuple(v.shape) for k, v in dsa("latent", 4).state_dict().items() if k.startswith("indexer.")}
+    assert state == {"indexer.wq_b.weight": (32, 24), "indexer.wk.weight": (16, 64),
+                     "indexer.k_norm.weight": (16,), "indexer.k_norm.bias": (16,),
+                     "indexer.weights_proj.weight": (2, 64)}

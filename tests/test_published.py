@@ -1,0 +1,117 @@
+"""Published configs of the 2025-26 families (``tests/data/published``, sources in its SOURCES.md),
+read by kvcalc and by transformers 5.23: the same layers, the same shapes, and the figures pinned."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from kvcalc.analytic import Options, footprint
+from kvcalc.catalog import load_bundled, parse_spec
+from kvcalc.errors import OptionError, SpecError
+
+DATA = Path(__file__).parent / "data" / "published"
+KINDS = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked",
+         "dummy": "shared", "indexed_attention": "full"}
+
+# file: (bf16 bytes per token over all layers, ideal; layers of each kind)
+READ = {
+    "llama-4-scout-17b-16e-instruct": (196_608, {"full": 12, "chunked": 36}),
+    "llama-4-maverick-17b-128e-instruct.trimmed": (196_608, {"full": 12, "chunked": 36}),
+    "gemma-4-26b-a4b": (225_280, {"full": 5, "sliding": 25}),
+    "gemma-4-31b-it-nvfp4": (901_120, {"full": 10, "sliding": 50}),
+    "gemma-4-e4b-it": (57_344, {"full": 4, "sliding": 20, "shared": 18}),
+    "mimo-v2-flash": (222_720, {"full": 9, "sliding": 39}),
+    "glm-5": (100_152, {"full": 78}),
+}
+
+
+def read(name: str):
+    path = DATA / f"{name}.json"
+    return parse_spec(path.read_text(), str(path)), json.loads(path.read_text())
+
+
+def transformers_layers(config: dict) -> list[tuple[str, int | None, int | None, int | None]]:
+    """(kind, window, head_dim, KV heads) of every layer, as transformers builds the cache."""
+    text = AutoConfig.for_model(**config).get_text_config()
+    types, kwargs = get_layer_types_and_kwargs(text)
+    shapes = []
+    for i, t in enumerate(types):
+        layer = text.per_layer_config[i] if getattr(text, "per_layer_config", None) else text
+        heads = layer.num_key_value_heads
+        if text.model_type == "mimo_v2_flash" and t == "sliding_attention":
+            heads *= 2  # modeling_mimo_v2_flash.py: sliding layers have twice the KV heads
+        shapes.append((KINDS[t], kwargs[i].get("sliding_window"), layer.head_dim, heads))
+    return shapes
+
+
+@pytest.mark.parametrize("name", sorted(READ))
+def test_published_config_is_read_as_transformers_reads_it(name):
+    spec, config = read(name)
+    bytes_per_token, counts = READ[name]
+    assert {str(k): n for k, n in spec.layer_counts.items()} == counts
+    assert footprint(spec, Options(1000)).bytes_per_token == bytes_per_token
+    if spec.attention.kind == "mla":
+        assert [k for k, *_ in transformers_layers(config)] == [str(k) for k in spec.layer_kinds]
+        return
+    ours = [(str(k), spec.span(k), spec.attention_for(k).head_dim, spec.attention_for(k).num_kv_heads)
+            for k in spec.layer_kinds]
+    theirs = transformers_layers(config)
+    shared = [i for i, (kind, *_) in enumerate(theirs) if kind == "shared"]
+    for i in shared:  # a shared layer caches nothing: its shape is not kvcalc's to give
+        ours[i] = theirs[i]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(("name", "bundled"), [
+    ("llama-4-scout-17b-16e-instruct", "llama-4-scout"), ("gemma-4-e4b-it", "gemma-4-e4b"),
+    ("gemma-4-26b-a4b", "gemma-4-26b-a4b"), ("gemma-4-31b-it-nvfp4", "gemma-4-31b"),
+    ("mimo-v2-flash", "mimo-v2-flash"), ("glm-5", "glm-5"),
+])
+def test_the_catalog_holds_what_the_published_config_says(name, bundled):
+    spec, _ = read(name)
+    ours = load_bundled(bundled)
+    assert spec.layer_kinds == ours.layer_kinds
+    assert [spec.attention_for(k) for k in spec.layer_kinds] == [ours.attention_for(k) for k in ours.layer_kinds]
+    assert (spec.sliding_window, spec.attention_chunk_size, spec.mtp_layers, spec.max_position_embeddings) == (
+        ours.sliding_window, ours.attention_chunk_size, ours.mtp_layers, ours.max_position_embeddings)
+
+
+def test_gemma4_full_layers_take_the_global_shape():
+    spec, _ = read("gemma-4-26b-a4b")
+    full, sliding = spec.attention_for("full"), spec.attention_for("sliding")
+    assert (full.num_kv_heads, full.head_dim, sliding.num_kv_heads, sliding.head_dim) == (2, 512, 8, 256)
+
+
+def test_mimo_window_is_sliding_window_size_plus_one():
+    spec, config = read("mimo-v2-flash")
+    assert (config["sliding_window_size"], spec.sliding_window) == (128, 129)
+
+
+def test_llama4_on_the_engines():
+    spec, _ = read("llama-4-scout-17b-16e-instruct")
+    seq = 100_000
+    ideal = footprint(spec, Options(seq)).total_bytes
+    assert ideal == 4096 * (12 * seq + 36 * 8192)  # K + V of 8 x 128 in bf16; chunked: one chunk
+    hf = footprint(spec, Options(seq, engine="transformers")).total_bytes
+    assert hf == 4096 * (12 * seq + 36 * 8191)  # DynamicSlidingWindowLayer of the chunk: chunk - 1
+    vllm = footprint(spec, Options(seq, engine="vllm")).total_bytes
+    assert vllm == 4096 * (12 * 100_000 + 36 * 8192)  # 16-token pages, 8192 a multiple of 16
+    cpp = footprint(spec, Options(seq, engine="llama.cpp")).total_bytes
+    assert cpp == 4096 * (12 * 100_096 + 36 * 8704)  # pad(8192 + 512, 256); context padded to 256
+    with pytest.raises(OptionError, match=r"sglang@default: how it caches chunked local attention"):
+        footprint(spec, Options(seq, engine="sglang"))
+
+
+def test_vllm_pages_of_different_sizes_are_refused():
+    spec, _ = read("gemma-4-26b-a4b")
+    with pytest.raises(OptionError, match=r"pages differ in size per token \(full 4,096 B, sliding 8,192 B\)"):
+        footprint(spec, Options(1000, engine="vllm"))
+    assert footprint(spec, Options(1000, engine="sglang")).bytes_per_token == 225_280
+
+
+def test_deepseek_v4_is_refused_by_name():
+    with pytest.raises(SpecError, match=r"'deepseek_v4': kvcalc does not model compressed sparse"):
+        read("deepseek-v4-flash")
