@@ -255,9 +255,9 @@ def _prepared(spec: ModelSpec, options: Options):
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
     plan = cache_plan(spec, cache)
-    whole = _groups(plan.layers, fmt, cache, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
+    whole = _groups(plan.layers, fmt, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
     stages = tuple(
-        _groups(plan.layers, fmt, cache, engine, par.attention_tp, stage)
+        _groups(plan.layers, fmt, engine, par.attention_tp, stage)
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     if engine.unifies_pages:
@@ -274,7 +274,7 @@ def _check_equal_pages(engine: Engine, groups: tuple[Group, ...]) -> None:
                           "how vLLM unifies them (kv_cache_planning.py) is not modelled")
 
 
-def _groups(layers: tuple[LayerPlan, ...], fmt, cache, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
+def _groups(layers: tuple[LayerPlan, ...], fmt: Format, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
     """The plan's layers as one GPU of ``tp`` holds them, ``counts`` giving how many of each kind."""
     return tuple(
         Group(layer.kind, layer.growth, layer.span, counts[layer.kind], tuple(

@@ -187,7 +187,8 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
             f"pages of {page} tokens: each sequence rounded up to whole pages",
             "sliding layers keep the pages spanning the last `window` tokens",
             "chunked layers keep the pages of the current chunk: counted at their most, one whole "
-            "chunk (a prefill step briefly holds the chunk + the step's tokens)",
+            "chunk (a prefill step briefly holds the chunk + the step's tokens; with "
+            "--disable-hybrid-kv-cache-manager or EAGLE they hold every token)",
         ),
     )
 

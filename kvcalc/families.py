@@ -86,8 +86,13 @@ def llama4(get: Get, layers: int) -> tuple[str, ...]:
         interval = get("no_rope_layer_interval")
         rope = [int((i + 1) % interval != 0) for i in range(layers)]
     if not isinstance(rope, list) or len(rope) != layers or any(r not in (0, 1) for r in rope):
-        raise ValueError(f"no_rope_layers: expected {layers} entries of 0 or 1")
+        raise ValueError(f"no_rope_layers: {_short(rope)}: expected {layers} entries of 0 or 1")
     return tuple("chunked" if rope[i] else "full" for i in range(layers))
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def gemma4(get: Get, layers: int) -> tuple[str, ...]:
@@ -140,11 +145,13 @@ def mimo_shapes(get: Get, kinds: tuple[str, ...], attention: Mapping[str, int]) 
     swa_v_head_dim, so a file whose swa_* fields say otherwise is refused)."""
     kv, head = attention["num_kv_heads"], attention["head_dim"]
     v_head = attention["v_head_dim"] or head
-    expected_swa = {"swa_num_key_value_heads": 2 * kv, "swa_head_dim": head, "swa_v_head_dim": v_head}
-    for key, expected in expected_swa.items():
+    expected_swa = {"swa_num_key_value_heads": (2 * kv, f"2 x num_key_value_heads {kv}"),
+                    "swa_head_dim": (head, f"head_dim {head}"),
+                    "swa_v_head_dim": (v_head, f"v_head_dim {v_head}")}
+    for key, (expected, rule) in expected_swa.items():
         given = get(key)
         if given is not None and given != expected:
-            raise ValueError(f"{key}: {given}: transformers' sliding layers use {expected}; refusing "
+            raise ValueError(f"{key}: {given}: transformers' sliding layers use {rule}; refusing "
                              "to pick one engine's reading")
     return {"sliding": {"num_kv_heads": 2 * kv}}
 
@@ -154,12 +161,11 @@ def mimo_v2_flash(get: Get, layers: int) -> tuple[str, ...]:
     return tuple("full" if i == 0 or (i + 1) % 6 == 0 else "sliding" for i in range(layers))
 
 
-def indexed(get: Get, layers: int) -> tuple[str, ...]:
-    """GLM-5 (DSA): every layer is ``indexed_attention``, holding every token; each must own its
-    indexer (``indexer_types`` "full"). transformers derives indexer_types from index_topk_pattern
-    ("F"/"S" per layer), else layer i owns one when max(i - index_skip_topk_offset + 1, 0) is a
-    multiple of index_topk_freq. A "shared" layer reuses an earlier layer's selection and caches
-    no indexer keys: not modelled."""
+def own_indexers(get: Get, layers: int) -> None:
+    """GLM-5 (DSA): every layer must own its indexer (``indexer_types`` "full"). transformers
+    derives indexer_types from index_topk_pattern ("F"/"S" per layer), else layer i owns one when
+    max(i - index_skip_topk_offset + 1, 0) is a multiple of index_topk_freq. A "shared" layer
+    reuses an earlier layer's selection and caches no indexer keys: not modelled."""
     types = get("indexer_types")
     if types is None:
         pattern = get("index_topk_pattern")
@@ -174,7 +180,6 @@ def indexed(get: Get, layers: int) -> tuple[str, ...]:
         shared = sum(t != "full" for t in types)
         raise ValueError(f"indexer_types: {shared} of {layers} layers reuse another layer's indexer "
                          "selection and cache no indexer keys; kvcalc does not model that yet")
-    return ("full",) * layers
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ class Family:
     """Attention layers in each decoder layer (LongCat-Flash: 2), each with its own cache."""
     counts_params: bool = True
     """Whether kvcalc's parameter count covers the family (its MLPs, experts and embeddings)."""
+    check: Callable[[Get, int], None] | None = None
+    """A rule the config must meet, whatever gives the layer layout (GLM-5's indexer ownership)."""
     refuse: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
     """Fields whose other values change the cache in a way kvcalc does not model: the values
     kvcalc reads (absent counts as None)."""
@@ -259,7 +266,7 @@ FAMILIES: dict[str, Family] = {
                            defaults={**_MLA_V3, "index_head_dim": 128, "index_n_heads": 64}),
     # Kimi-K2's config names its own type, runs DeepseekV3ForCausalLM (its `architectures`).
     "kimi_k2": Family(_cfg("deepseek_v3"), defaults=_MLA_V3, mla=True),
-    "glm_moe_dsa": Family(_cfg("glm_moe_dsa"), indexed, mla=True, indexer=True,
+    "glm_moe_dsa": Family(_cfg("glm_moe_dsa"), mla=True, indexer=True, check=own_indexers,
                           defaults={"kv_lora_rank": 512, "q_lora_rank": 2048, "qk_rope_head_dim": 64,
                                     "qk_nope_head_dim": 192, "v_head_dim": 256, "index_head_dim": 128,
                                     "index_n_heads": 32, "index_topk_freq": 1, "index_skip_topk_offset": 2}),

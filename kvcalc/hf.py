@@ -301,6 +301,8 @@ def _check_fields(cfg: _Config, data: dict) -> None:
     wrong value is an error even where this config would not use it."""
     for key in _INT_FIELDS:
         if isinstance(cfg.raw.get(key), list) and key in _PER_LAYER_OK:
+            if not cfg.raw[key]:
+                raise SpecError(f"{cfg.origin}: {key}: []: expected a size, or one per layer")
             for value in cfg.raw[key]:
                 cfg._int(key, value, 1)
             continue
@@ -318,17 +320,17 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     nothing (all full): the config's ``layer_types``, else the family's rule (``families.py``);
     then, in a family that shares caches, its shared layers."""
     types = cfg.raw.get("layer_types")
-    if types is not None and family.sublayers == 1:
+    try:
+        if family.check is not None:
+            family.check(cfg.value, layers)
+        if types is None:
+            kinds = family.layout(cfg.value, layers)
+    except ValueError as e:
+        raise SpecError(f"{cfg.origin}: {e}") from None
+    if types is not None:
         known = {**_LAYER_TYPES, **(_CHUNKED_TYPE if "attention_chunk_size" in family.defaults else {}),
                  **(_INDEXED_TYPE if family.indexer else {})}
         kinds = _from_layer_types(cfg, types, layers, known)
-    try:
-        if types is None or family.sublayers > 1:  # LongCat: no layer_types, every sublayer full
-            kinds = family.layout(cfg.value, layers)
-        elif family.indexer:
-            family.layout(cfg.value, layers)  # GLM-5: which layers own an indexer
-    except ValueError as e:
-        raise SpecError(f"{cfg.origin}: {e}") from None
     if family.last_full and kinds[-1] != "full":
         kinds = kinds[:-1] + ("full",)
         cfg.assume(f"the last layer full attention, as {family.source} forces it")

@@ -207,6 +207,7 @@ LIST_COLUMNS = (
 PART_COLUMNS_PER_TOKEN = (
     Column("part", "Part", lambda p: p.name),
     Column("layer_kind", "Layers", lambda p: str(p.layer_kind)),
+    Column("span", "", lambda p: p.span, human=False),  # the window or chunk; null: every token
     Column("layers", "Count", lambda p: p.layers, Kind.COUNT),
     Column("values", "Values", lambda p: p.values, Kind.COUNT),
     Column("bytes_per_token_layer", "B/token/layer", lambda p: p.bytes_per_token_layer, Kind.COUNT),

@@ -143,7 +143,7 @@ def test_mimo_sliding_layers_have_twice_the_kv_heads(tmp_path):
     spec = read({"model_type": "mimo_v2_flash", **BASE}, tmp_path)
     assert (spec.attention.num_kv_heads, spec.attention.head_dim, spec.attention.value_dim) == (2, 64, 128)
     assert spec.attention_for("sliding").num_kv_heads == 4
-    with pytest.raises(SpecError, match=r"swa_num_key_value_heads: 8: transformers' sliding layers use 4"):
+    with pytest.raises(SpecError, match=r"swa_num_key_value_heads: 8: transformers' sliding layers use 2 x num_key_value_heads 2"):
         read({"model_type": "mimo_v2_flash", **BASE, "swa_num_key_value_heads": 8}, tmp_path)
 
 

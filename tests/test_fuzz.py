@@ -98,6 +98,8 @@ HF_NO_CACHE = {"vocab_size", "intermediate_size", "moe_intermediate_size", "shar
 SPEC_BLAME = {
     # without its layer kinds a spec's sliding_window applies to no layer
     "layer_pattern": "sliding_window", "layer_types": "sliding_window",
+    # the only kind in layer_attention: deleting it leaves an empty mapping
+    "full": "layer_attention", "sliding": "layer_attention",
 }
 HF_BLAME = {
     # an alias's canonical name, which the config lacks too
