@@ -255,9 +255,9 @@ def _prepared(spec: ModelSpec, options: Options):
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
     plan = cache_plan(spec, cache)
-    whole = _groups(plan.layers, fmt, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
+    whole = _groups(plan, fmt, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
     stages = tuple(
-        _groups(plan.layers, fmt, engine, par.attention_tp, stage)
+        _groups(plan, fmt, engine, par.attention_tp, stage)
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     if engine.unifies_pages:

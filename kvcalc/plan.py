@@ -88,30 +88,19 @@ class LayerPlan:
     parts: tuple[PartPlan, ...]
 
 
-@dataclass(frozen=True)
-class CachePlan:
-    layers: tuple[LayerPlan, ...]
-    """One entry per kind of layer that holds a cache, in ``LayerKind`` order."""
-    kinds: tuple[LayerKind, ...]
-    """Every layer's kind, layer 0 first (MTP layers not included)."""
-
-    def __getitem__(self, kind: LayerKind) -> LayerPlan:
-        return next(layer for layer in self.layers if layer.kind is kind)
-
-
 _GROWTH = {LayerKind.FULL: Growth.EVERY, LayerKind.SLIDING: Growth.WINDOW, LayerKind.CHUNKED: Growth.CHUNK}
 
 
-def cache_plan(spec: ModelSpec, mla_cache: MlaCache | None) -> CachePlan:
+def cache_plan(spec: ModelSpec, mla_cache: MlaCache | None) -> tuple[LayerPlan, ...]:
     """The plan of ``spec`` with MLA cached as ``mla_cache`` (the engine's choice; None for a
-    model without MLA). MTP layers, when counted, are full layers of the main attention."""
-    kinds = set(spec.layer_kinds) | {LayerKind.FULL}
-    layers = tuple(
+    model without MLA): one entry per kind of layer that holds a cache, in ``LayerKind`` order
+    (full always: MTP layers, when counted, are full layers of the main attention)."""
+    counts = spec.layer_counts
+    return tuple(
         LayerPlan(kind, spec.attention_for(kind), _GROWTH[kind], spec.span(kind),
                   parts(spec.attention_for(kind), mla_cache))
-        for kind in LayerKind if kind in kinds and kind is not LayerKind.SHARED
+        for kind in LayerKind if (counts[kind] or kind is LayerKind.FULL) and kind is not LayerKind.SHARED
     )
-    return CachePlan(layers, spec.layer_kinds)
 
 
 def parts(attn: Attention, cache: MlaCache | None) -> tuple[PartPlan, ...]:
