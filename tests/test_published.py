@@ -115,3 +115,15 @@ def test_vllm_pages_of_different_sizes_are_refused():
 def test_deepseek_v4_is_refused_by_name():
     with pytest.raises(SpecError, match=r"'deepseek_v4': kvcalc does not model compressed sparse"):
         read("deepseek-v4-flash")
+
+
+@pytest.mark.parametrize("name", sorted(READ))
+def test_import_writes_a_spec_that_reads_back_the_same(cli, tmp_path, name):
+    target = tmp_path / "spec.yaml"
+    status, _, _ = cli("import", str(DATA / f"{name}.json"), "-o", str(target))
+    assert status == 0
+    spec, _ = read(name)
+    again = parse_spec(target.read_text(), str(target))
+    for seq in (100, 50_000):
+        assert footprint(again, Options(seq)).total_bytes == footprint(spec, Options(seq)).total_bytes
+    assert again.layer_kinds == spec.layer_kinds

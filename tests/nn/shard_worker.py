@@ -15,8 +15,12 @@ CASES = {
     "gqa": lambda: Attention(64, 8, 4, 8),  # 4 KV heads split over the ranks
     "gqa-replicated": lambda: Attention(64, 8, 1, 8),  # 1 KV head, copied to every rank
     "sliding": lambda: Attention(64, 8, 2, 8, window=4),
+    "chunked": lambda: Attention(64, 8, 2, 8, chunk=4),
     "mla-latent": lambda: MLA(64, 4, 24, 32, 16, 8, 12, layout="latent"),
     "mla-decompressed": lambda: MLA(64, 4, None, 32, 16, 8, 12, layout="decompressed"),
+    # DSA: the indexer (its weights and its fp8 key cache) is replicated like the latent
+    "mla-dsa": lambda: MLA(64, 4, 24, 32, 16, 8, 12, layout="latent", index_n_heads=2, index_head_dim=16,
+                           index_topk=3),
 }
 
 
