@@ -13,7 +13,6 @@ the same for 4 layers or 400 and for 1k tokens or 1M.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -63,10 +62,6 @@ class PartPlan:
     factors: tuple[Factor, ...]
     split: Split = Split.REPLICATED
     storage: Storage = Storage.CACHE
-
-    @property
-    def values(self) -> int:
-        return math.prod(f.size for f in self.factors)
 
     def on_rank(self, tp: int) -> tuple[Factor, ...]:
         """The factors one of ``tp`` ranks holds."""
