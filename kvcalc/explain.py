@@ -188,6 +188,8 @@ def _cell_rule(engine: Engine, growth: Growth) -> str:
         return f"{span} × sequences + 512, padded to 256"
     if growth is Growth.WINDOW and rule is WindowRule.PAGE_SPAN:
         return f"the {engine.page_tokens}-token pages spanning the window"
+    if growth is Growth.CHUNK and rule is WindowRule.CHUNK_PAGES:
+        return f"the most {engine.page_tokens}-token pages one chunk spans"
     if engine.context_pad > 1:
         return f"padded to {engine.context_pad}"
     return f"whole pages of {engine.page_tokens}"

@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
-from kvcalc.analytic import Options, footprint
+from kvcalc.analytic import Options, chunk_pages, footprint
 from kvcalc.catalog import load_bundled, parse_spec
 from kvcalc.errors import OptionError, SpecError
 
@@ -127,3 +129,14 @@ def test_import_writes_a_spec_that_reads_back_the_same(cli, tmp_path, name):
     for seq in (100, 50_000):
         assert footprint(again, Options(seq)).total_bytes == footprint(spec, Options(seq)).total_bytes
     assert again.layer_kinds == spec.layer_kinds
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(tokens=st.integers(1, 400), chunk=st.integers(1, 64), page=st.integers(1, 48))
+def test_chunk_pages_is_the_most_any_chunk_spans(tokens, chunk, page):
+    """vLLM keeps the pages of the current chunk (chunks start at multiples of the chunk): the most
+    it holds while a sequence grows to ``tokens``, by brute force over every length."""
+    def held(t):  # pages of the chunk holding token t - 1, up to token t - 1
+        start = (t - 1) // chunk * chunk
+        return (t - 1) // page - start // page + 1
+    assert chunk_pages(tokens, chunk, page) == max(held(t) for t in range(1, tokens + 1))
