@@ -25,10 +25,8 @@ from kvcalc.engines import Engine, IndexerKeys, MlaCache, WindowRule, get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
-from kvcalc.plan import INDEXER_KEY, Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
+from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
 from kvcalc.spec import Attention, LayerKind, MlaAttention, ModelSpec, StandardAttention
-
-__all__ = ["INDEXER_KEY", "Factor", "Footprint", "Options", "Part", "compare", "curve", "footprint"]
 
 
 class Layout(StrEnum):
@@ -98,7 +96,6 @@ class Footprint:
     batch: int
     mtp_layers: int
     """MTP layers counted (0 unless ``--mtp``)."""
-    sliding_window: int | None
     parts: tuple[Part, ...]
     """The whole cache: every layer, every head, every sequence, one copy."""
     parallel: Parallel
@@ -227,7 +224,6 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         seq_len=options.seq_len,
         batch=options.batch,
         mtp_layers=mtp,
-        sliding_window=spec.sliding_window,
         parts=whole,
         parallel=par,
         gpu_parts=gpu,

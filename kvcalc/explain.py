@@ -7,11 +7,11 @@ Pure text: the CLI decides where it goes.
 
 from __future__ import annotations
 
-from kvcalc.analytic import INDEXER_KEY, INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
+from kvcalc.analytic import INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
 from kvcalc.engines import Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
 from kvcalc.parallel import ceil_div
-from kvcalc.plan import Growth
+from kvcalc.plan import INDEXER_KEY, Growth
 from kvcalc.spec import LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
