@@ -26,7 +26,7 @@ from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
 from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
-from kvcalc.spec import Attention, LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.spec import Attention, CompressedAttention, LayerKind, MlaAttention, ModelSpec, StandardAttention
 
 
 class Layout(StrEnum):
@@ -37,6 +37,10 @@ class Layout(StrEnum):
 
 
 STANDARD_LAYOUT = "kv"
+COMPRESSED_LAYOUT = "compressed"
+"""DeepSeek-V4: one K = V entry per token of the window, plus compressed entries."""
+_MAX_PEAK_LENGTHS = 100_000
+"""The most lengths ``Curve.peak_per_gpu_bytes`` evaluates (DeepSeek-V4's rates 4 and 128: 33)."""
 INDEXER_SCALE_GROUP = 128
 
 
@@ -55,19 +59,21 @@ class Options:
 
 @dataclass(frozen=True)
 class Part:
-    """One cached tensor (K, V, latent, rope key) across all layers of one kind."""
+    """One cached tensor (K, V, latent, rope key, compressed entries, compressor state) across all
+    layers of one kind."""
 
     name: str
     layer_kind: LayerKind
     growth: Growth
     span: int | None
-    """The window or chunk of ``growth`` (None: every token)."""
+    """The window, chunk or compress rate of ``growth`` (None: every token)."""
     layers: int
     factors: tuple[Factor, ...]
-    """Its width per token and layer as a product; ``values`` is their product."""
+    """Its width per row and layer as a product; ``values`` is their product."""
     bytes_per_token_layer: int
+    """Bytes of one row (a token, a compressed entry, a row of compressor state) in one layer."""
     cells: int
-    """Token slots held for all sequences: tokens after windows, pages and padding."""
+    """Rows held for all sequences: tokens after windows, pages and padding; entries; state rows."""
 
     @property
     def values(self) -> int:
@@ -75,11 +81,12 @@ class Part:
 
     @property
     def bytes_per_token(self) -> int:
-        return self.bytes_per_token_layer * self.layers
+        """What one more token adds in the long run, over all layers of the kind (``_rate``)."""
+        return _rate(self.bytes_per_token_layer * self.layers, self.growth, self.span)
 
     @property
     def total_bytes(self) -> int:
-        return self.bytes_per_token * self.cells
+        return self.bytes_per_token_layer * self.layers * self.cells
 
 
 @dataclass(frozen=True)
@@ -141,11 +148,13 @@ def compare(spec: ModelSpec, options: Options) -> Comparison:
 
 @dataclass(frozen=True)
 class Row:
-    """One cached tensor's row: its width and bytes per token in one layer."""
+    """One cached tensor's row: its width, bytes per row in one layer, and how rows grow."""
 
     name: str
     factors: tuple[Factor, ...]
     bytes: int
+    growth: Growth
+    span: int | None
 
 
 @dataclass(frozen=True)
@@ -153,14 +162,34 @@ class Group:
     """The layers of one kind (on one GPU), each caching the same rows."""
 
     kind: LayerKind
-    growth: Growth
-    span: int | None
     layers: int
     rows: tuple[Row, ...]
 
     @property
     def bytes_per_token(self) -> int:
-        return sum(r.bytes for r in self.rows) * self.layers
+        return sum(_rate(r.bytes * self.layers, r.growth, r.span) for r in self.rows)
+
+
+def _rate(row_bytes: int, growth: Growth, span: int | None) -> int:
+    """Bytes per token at the full-context rate: a token, window or chunk row counts whole (as if
+    the layer held every token), a compressed entry 1/R of itself (rounded up to a whole byte), and
+    compressor state nothing (it does not grow with the sequence)."""
+    if growth is Growth.COMPRESSED:
+        return ceil_div(row_bytes, span)
+    return 0 if growth.per_sequence else row_bytes
+
+
+Term = tuple[Growth, int | None, int]
+"""(growth, span, bytes per row summed over every layer and part that grows so)."""
+
+
+def _terms(groups: tuple[Group, ...]) -> tuple[Term, ...]:
+    """The rows of ``groups`` merged by growth law, so that a length costs one cell count per law."""
+    merged: dict[tuple[Growth, int | None], int] = {}
+    for g in groups:
+        for r in g.rows:
+            merged[r.growth, r.span] = merged.get((r.growth, r.span), 0) + r.bytes * g.layers
+    return tuple((growth, span, size) for (growth, span), size in merged.items())
 
 
 @dataclass(frozen=True)
@@ -175,15 +204,47 @@ class Curve:
     parallel: Parallel
     whole: tuple[Group, ...]
     stages: tuple[tuple[Group, ...], ...]
+    whole_terms: tuple[Term, ...] = ()
+    stage_terms: tuple[tuple[Term, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "whole_terms", _terms(self.whole))
+        object.__setattr__(self, "stage_terms", tuple(_terms(stage) for stage in self.stages))
 
     def total_bytes(self, seq_len: int, batch: int = 1) -> int:
         """The whole cache: every layer, every head, every sequence, one copy."""
-        return _bytes(self.whole, self.engine, seq_len, batch)
+        return _bytes(self.whole_terms, self.engine, seq_len, batch)
 
     def per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
         """What the fullest GPU holds."""
         tokens, seqs = self._per_rank(seq_len, batch)
-        return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stages)
+        return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stage_terms)
+
+    @property
+    def monotone(self) -> bool:
+        """Whether the cache never shrinks as a sequence grows (a compressor's open window empties
+        each time R tokens close into one entry)."""
+        return all(growth is not Growth.OPEN_WINDOW for growth, _, _ in self.whole_terms)
+
+    def peak_per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
+        """The most the fullest GPU holds at any length up to ``seq_len``: what a sequence needs to
+        grow that long.
+
+        The cache is g(n), which never shrinks, plus open windows a_R x (n mod R). From a length
+        where no window is about to close (n mod R < R - 1 for every R) one more token raises every
+        term, so the peak is at ``seq_len`` or where some n mod R = R - 1; and as the open windows
+        repeat every L = lcm of the rates while g grows, at one of those within the last L tokens.
+        """
+        if self.monotone:
+            return self.per_gpu_bytes(seq_len, batch)
+        rates = sorted({span for growth, span, _ in self.whole_terms if growth is Growth.OPEN_WINDOW})
+        period = math.lcm(*rates)
+        if sum(period // r for r in rates) > _MAX_PEAK_LENGTHS:
+            raise OptionError(f"compress rates {', '.join(map(str, rates))}: their open windows repeat only "
+                              f"every {period:,} tokens; kvcalc does not search that far for the peak")
+        low = max(1, seq_len - period + 1)
+        lengths = {seq_len} | {n for r in rates for n in range(low + (r - 1 - low) % r, seq_len + 1, r)}
+        return max(self.per_gpu_bytes(n, batch) for n in lengths)
 
     @property
     def per_gpu_bytes_per_token(self) -> int:
@@ -198,8 +259,9 @@ class Curve:
         if not per_gpu:
             return _materialise(self.whole, self.engine, seq_len, batch)
         tokens, seqs = self._per_rank(seq_len, batch)
-        stage = max(self.stages, key=lambda g: _bytes(g, self.engine, tokens, seqs))
-        return _materialise(stage, self.engine, tokens, seqs)
+        sizes = [_bytes(terms, self.engine, tokens, seqs) for terms in self.stage_terms]
+        stage = sizes.index(max(sizes))
+        return _materialise(self.stages[stage], self.engine, tokens, seqs)
 
 
 def curve(spec: ModelSpec, options: Options) -> Curve:
@@ -218,7 +280,8 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         model=spec.name,
         display_name=spec.display_name,
         attention=spec.attention.variant,
-        layout=str(cache) if cache else STANDARD_LAYOUT,
+        layout=str(cache) if cache else COMPRESSED_LAYOUT if c.engine.compressed and isinstance(
+            spec.attention, CompressedAttention) else STANDARD_LAYOUT,
         kv_dtype=fmt.name,
         engine=c.engine,
         seq_len=options.seq_len,
@@ -239,8 +302,12 @@ def _prepared(spec: ModelSpec, options: Options):
     engine = get_engine(options.engine, is_mla=is_mla, block_size=options.block_size)
     dsa = is_mla and attn.index_head_dim is not None
     counts = spec.layer_counts
+    compressed = isinstance(attn, CompressedAttention)
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
-                 chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1)
+                 chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
+                 compressed=compressed)
+    if compressed:
+        _check_compressed(spec, options)
     if dsa:
         engine = engine.for_dsa(options.block_size)
         _check_dsa_parallel(engine, options.parallel)
@@ -250,7 +317,7 @@ def _prepared(spec: ModelSpec, options: Options):
     par = options.parallel
     par.check(spec)
     mtp = spec.mtp_layers if options.mtp else 0
-    plan = cache_plan(spec, cache)
+    plan = cache_plan(spec, cache, engine.compressed)
     whole = _groups(plan, fmt, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
     stages = tuple(
         _groups(plan, fmt, engine, par.attention_tp, stage)
@@ -259,6 +326,15 @@ def _prepared(spec: ModelSpec, options: Options):
     if engine.unifies_pages:
         _check_equal_pages(engine, whole)
     return Curve(engine, par, whole, stages), cache, fmt, mtp
+
+
+def _check_compressed(spec: ModelSpec, options: Options) -> None:
+    """What kvcalc does not model for DeepSeek-V4: its MTP layer's cache, and DCP."""
+    if options.mtp and spec.mtp_layers:
+        raise OptionError(f"--mtp: how {spec.name}'s MTP layer caches (DeepSeek-V4) is not modelled")
+    if options.parallel.dcp > 1:
+        raise OptionError(f"--dcp {options.parallel.dcp}: how DeepSeek-V4's compressed entries are split "
+                          "across DCP ranks is not modelled")
 
 
 def _check_equal_pages(engine: Engine, groups: tuple[Group, ...]) -> None:
@@ -273,7 +349,7 @@ def _check_equal_pages(engine: Engine, groups: tuple[Group, ...]) -> None:
 def _groups(layers: tuple[LayerPlan, ...], fmt: Format, engine: Engine, tp: int, counts) -> tuple[Group, ...]:
     """The plan's layers as one GPU of ``tp`` holds them, ``counts`` giving how many of each kind."""
     return tuple(
-        Group(layer.kind, layer.growth, layer.span, counts[layer.kind], tuple(
+        Group(layer.kind, counts[layer.kind], tuple(
             _row(part, part.on_rank(tp), fmt, engine) for part in layer.parts
         ))
         for layer in layers if counts[layer.kind]
@@ -281,16 +357,18 @@ def _groups(layers: tuple[LayerPlan, ...], fmt: Format, engine: Engine, tp: int,
 
 
 def _row(part: PartPlan, factors: tuple[Factor, ...], fmt: Format, engine: Engine) -> Row:
-    return Row(part.name, factors, _row_bytes(fmt, engine, part, math.prod(f.size for f in factors)))
+    size = _row_bytes(fmt, engine, part, math.prod(f.size for f in factors))
+    return Row(part.name, factors, size, part.growth, part.span)
 
 
-def _bytes(groups, engine: Engine, tokens: int, seqs: int) -> int:
-    return sum(g.bytes_per_token * _cells(engine, g, tokens, seqs) for g in groups)
+def _bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int) -> int:
+    return sum(size * _cells(engine, growth, span, tokens, seqs) for growth, span, size in terms)
 
 
 def _materialise(groups, engine: Engine, tokens: int, seqs: int) -> tuple[Part, ...]:
     return tuple(
-        Part(r.name, g.kind, g.growth, g.span, g.layers, r.factors, r.bytes, _cells(engine, g, tokens, seqs))
+        Part(r.name, g.kind, r.growth, r.span, g.layers, r.factors, r.bytes,
+             _cells(engine, r.growth, r.span, tokens, seqs))
         for g in groups
         for r in g.rows
     )
@@ -307,6 +385,13 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None)
     if isinstance(spec.attention, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
+    if isinstance(spec.attention, CompressedAttention):  # every head its own K and V, nothing compressed
+        attn = spec.attention
+        kinds = tuple(k if k is LayerKind.SLIDING else LayerKind.FULL for k in spec.layer_kinds)
+        sliding = spec.sliding_window if LayerKind.SLIDING in kinds else None
+        mha = StandardAttention(num_heads=attn.num_heads, num_kv_heads=attn.num_heads, head_dim=attn.head_dim)
+        return footprint(spec.replace(attention=mha, layer_types=kinds, layer_pattern=None,
+                                      sliding_window=sliding), neutral)
     mha = spec.replace(attention=_mha(spec.attention),
                        layer_attention={kind: _mha(a) for kind, a in spec.layer_attention.items()})
     return footprint(mha, neutral)
@@ -342,14 +427,23 @@ def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
     return engine.mla_cache
 
 
-def _cells(engine: Engine, group: Group, tokens: int, seqs: int) -> int:
-    """Token slots one GPU holds in a layer of ``group`` for ``seqs`` sequences of ``tokens``."""
+def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: int) -> int:
+    """Rows one GPU holds in a layer for a part growing as ``growth`` over ``span``, for ``seqs``
+    sequences of ``tokens`` (the compressed laws run unpaged: ``Engine.check`` refuses pages)."""
+    if growth is Growth.COMPRESSED:
+        return tokens // span * seqs
+    if growth is Growth.OPEN_WINDOW:
+        return tokens % span * seqs
+    if growth is Growth.OPEN_WINDOW_ROOM:
+        return min(tokens, span - 1) * seqs
+    if growth is Growth.OVERLAP:
+        return (span if tokens >= span else 0) * seqs
     page, pad = engine.page_tokens, engine.context_pad
     full = _round_up(_round_up(tokens, page) * seqs, pad)
-    if group.growth is Growth.EVERY:
+    if growth is Growth.EVERY:
         return full
-    window = group.span
-    rule = engine.window_rule if group.growth is Growth.WINDOW else engine.chunk_rule
+    window = span
+    rule = engine.window_rule if growth is Growth.WINDOW else engine.chunk_rule
     if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
         return _round_up(min(full, window * seqs + 512), pad)
     if rule is WindowRule.CHUNK_PAGES:
@@ -390,6 +484,8 @@ def _row_bytes(fmt: Format, engine: Engine, part: PartPlan, values: int) -> int:
     """Bytes of one token's row of this part in one layer; blocks run along the row."""
     if part.storage is Storage.INDEXER and engine.indexer_keys is IndexerKeys.FP8_SCALED:
         return indexer_fp8_bytes(values)
+    if part.storage is Storage.FP32:
+        return values * 4
     if not isinstance(fmt, PackedMlaFormat):
         return fmt.row_bytes(values)
     return fmt.latent_bytes() if part.name == "latent" else fmt.rope_bytes()
@@ -416,7 +512,10 @@ def _notes(spec: ModelSpec, cache, par: Parallel, options: Options, mtp: int) ->
     notes = []
     tp = par.attention_tp
     attn = spec.attention
-    if tp > 1 and cache in (MlaCache.LATENT, MlaCache.LATENT_KV):
+    if tp > 1 and isinstance(attn, CompressedAttention):
+        notes.append(f"one K = V head, its compressed entries and indexer keys replicated on {tp} "
+                     f"attention-TP ranks: {tp}× the single copy")
+    elif tp > 1 and cache in (MlaCache.LATENT, MlaCache.LATENT_KV):
         avoid = "" if par.dp_attention > 1 else "; --dp-attention avoids this"
         what = "latent and DSA indexer keys" if attn.index_head_dim is not None else "latent"
         notes.append(f"{what} replicated on {tp} attention-TP ranks: {tp}× the single copy{avoid}")

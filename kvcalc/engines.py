@@ -45,6 +45,28 @@ class IndexerKeys(StrEnum):
     CACHE_DTYPE = "cache-dtype"  # in the cache's dtype, like K and V: transformers
 
 
+class CompressedCache(StrEnum):
+    """How an engine holds DeepSeek-V4's cache (``plan._compressed_parts``)."""
+
+    IDEAL = "ideal"
+    """One K = V entry per token of the window; compressed entries; room for each compressor's
+    longest open window and CSA's last closed window, all in the cache dtype (the DSA indexer key in
+    the engine's indexer format)."""
+    TRANSFORMERS = "transformers"
+    """transformers 5.23's DeepseekV4HCACache / DeepseekV4CSACache: as the ideal, but layers that
+    only slide keep K and V as two tensors (DynamicSlidingWindowLayer), and the CSA compressors'
+    last-window gates are fp32 (the fp32 position bias is added before they are kept)."""
+
+
+COMPRESSED_RULES = {
+    CompressedCache.IDEAL: "DeepSeek-V4: one K = V tensor per layer; compressed entries; room for each "
+    "compressor's longest open window (R - 1 rows of kv and gate) and CSA's last window, in the cache dtype",
+    CompressedCache.TRANSFORMERS: "DeepSeek-V4 (DeepseekV4HCACache / DeepseekV4CSACache): layers that only "
+    "slide keep K and V as two tensors, the others one K = V; each compressor keeps its open window's "
+    "kv and gate rows (seq mod R), CSA's also the last closed window's, its gates in fp32",
+}
+
+
 class WindowRule(StrEnum):
     """How many token slots a sliding-window layer holds."""
 
@@ -87,17 +109,22 @@ class Engine:
     kind_shapes: bool = False
     """Whether layers of different kinds may cache different shapes here (Gemma-4's wider full
     layers, MiMo-V2-Flash's sliding ones) as far as kvcalc knows."""
+    compressed: CompressedCache | None = None
+    """How it holds DeepSeek-V4's cache; None: not modelled, ``compressed_refusal`` says why."""
+    compressed_refusal: str = "how it caches DeepSeek-V4's compressed attention is not modelled"
     unifies_pages: bool = False
     """vLLM: layers whose pages differ in bytes get their block sizes scaled or pages padded to one
     size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
 
     def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False,
-              chunked: bool = False, kind_shapes: bool = False) -> None:
+              chunked: bool = False, kind_shapes: bool = False, compressed: bool = False) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
             raise OptionError(
                 f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
             )
-        if self.mla_only and not is_mla:
+        if compressed:
+            self._check_compressed()
+        elif self.mla_only and not is_mla:
             raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
         if has_indexer:
             self._check_dsa(kv_dtype)
@@ -110,6 +137,13 @@ class Engine:
         if shared and not self.shares_layers:
             raise OptionError(f"--engine {self.name}: how it caches layers that share another layer's "
                               "cache (num_kv_shared_layers) is not modelled")
+
+    def _check_compressed(self) -> None:
+        if self.compressed is None:
+            raise OptionError(f"--engine {self.name}: {self.compressed_refusal} (DeepSeek-V4)")
+        if self.page_tokens != 1:
+            raise OptionError(f"--block-size {self.page_tokens}: how pages hold DeepSeek-V4's compressed "
+                              "entries and compressor state is not modelled")
 
     def _check_dsa(self, kv_dtype: str) -> None:
         if self.indexer_keys is None:
@@ -150,6 +184,7 @@ _TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
 
 IDEAL = Engine(
     name="ideal",
+    compressed=CompressedCache.IDEAL,
     chunk_rule=WindowRule.EXACT,
     kind_shapes=True,
     shares_layers=True,
@@ -169,6 +204,9 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
     hybrid KV-cache manager on by default): ``ChunkedLocalAttentionManager`` frees the pages before
     the current chunk (v1/core/single_type_kv_cache_manager.py)."""
     return Engine(
+        compressed_refusal="vLLM packs DeepSeek-V4's pages of different sizes (584-B entries in pages of 64 "
+        "and 256 tokens, fp32 compressor state) into shared blocks (v1/core/kv_cache_planning.py "
+        "_get_packed_kv_cache_groups); kvcalc does not model that packing yet",
         shares_layers=True,
         chunk_rule=WindowRule.CHUNK_PAGES,
         kind_shapes=True,
@@ -201,6 +239,9 @@ def _sglang(variant: str, page: int) -> Engine:
     get pools of their own widths (MHATokenToKVPool: head_num, head_dim, v_head_dim per pool).
     Llama-4's chunked layers live in its SWA pool, sized by swa_full_tokens_ratio: not modelled."""
     return Engine(
+        compressed_refusal="SGLang sizes DeepSeek-V4's sliding-window pool at swa_full_tokens_ratio 0.1 of "
+        "its full pool (model_overrides/deepseek_v4.py), with pools per compress ratio; kvcalc does not "
+        "model those pools yet",
         kind_shapes=True,
         dsa_page=64,
         dsa_formats=("bf16", "fp8_ds_mla"),
@@ -219,6 +260,7 @@ def _llama_cpp(era: str, mla_cache: MlaCache, rule: str) -> Engine:
     """Gemma-3n's shared layers get no K/V tensors (``n_layer_kv_from_start``; llama-kv-cache.cpp
     skips layers without ``has_kv`` and maps them to the layer they reuse)."""
     return Engine(
+        compressed_refusal="how llama.cpp caches DeepSeek-V4 (LLM_ARCH_DEEPSEEK4) is not modelled",
         shares_layers=True,
         chunk_rule=WindowRule.UBATCH,
         indexer_keys=None,
@@ -244,6 +286,8 @@ def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
     chunk (the last chunk - 1 tokens, the mask doing the chunking); per-layer shapes as each
     layer's attention builds them. None of it is modelled for 5.14."""
     return Engine(
+        compressed=CompressedCache.TRANSFORMERS if modern else None,
+        compressed_refusal="kvcalc models DeepSeek-V4 as transformers 5.23 caches it: --engine transformers",
         indexer_keys=IndexerKeys.CACHE_DTYPE if modern else None,
         shares_layers=modern,
         chunk_rule=WindowRule.WINDOW_MINUS_ONE if modern else None,
@@ -264,6 +308,7 @@ def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
 
 def _reference(mode: str, mla_cache: MlaCache, indexer: IndexerKeys | None) -> Engine:
     return Engine(
+        compressed_refusal="DeepSeek-V3's inference/model.py does not run DeepSeek-V4",
         indexer_keys=indexer,
         name=f"reference@{mode}",
         mla_cache=mla_cache,

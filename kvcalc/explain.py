@@ -7,8 +7,8 @@ Pure text: the CLI decides where it goes.
 
 from __future__ import annotations
 
-from kvcalc.analytic import INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
-from kvcalc.engines import Engine, WindowRule
+from kvcalc.analytic import COMPRESSED_LAYOUT, INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
+from kvcalc.engines import COMPRESSED_RULES, Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
 from kvcalc.parallel import ceil_div
 from kvcalc.plan import INDEXER_KEY, Growth
@@ -27,16 +27,18 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines += [f"  - {a}" for a in spec.assumptions]
     groups = _groups(fp)
     lines += ["", "Cached per token and layer:"]
-    lines += _width_lines(groups)
+    lines += _width_lines(fp.parts)
     lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
-    for kind, parts in groups.items():
-        lines += _group_lines(fp, fmt, kind, parts, labelled=len(groups) > 1)
+    for parts in groups.values():
+        lines += _group_lines(fp, fmt, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
         lines.append(f"  all layers: {fp.bytes_per_token:,} B/token (full-context rate)")
     if shared := shared_layers_text(spec):
         lines.append(f"  {shared}")
     if fp.engine.name != "ideal":
         mla = (fp.engine.mla_rule,) if fp.attention.startswith("MLA") else ()
+        if fp.engine.compressed and fp.layout == COMPRESSED_LAYOUT:
+            mla = (COMPRESSED_RULES[fp.engine.compressed],)
         lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
         lines += [f"  - {rule}" for rule in (*mla, *fp.engine.rules)]
     if with_totals:
@@ -63,15 +65,22 @@ def _headline(fp: Footprint) -> str:
     return f"{fp.attention}{layout}, {fp.kv_dtype}{mtp}{engine}"
 
 
-def _groups(fp: Footprint) -> dict[LayerKind, list[Part]]:
-    groups: dict[LayerKind, list[Part]] = {}
+Key = tuple[LayerKind, Growth, int | None]
+
+
+def _groups(fp: Footprint) -> dict[Key, list[Part]]:
+    """The parts by layer kind and growth law: rows that grow alike are explained together."""
+    groups: dict[Key, list[Part]] = {}
     for part in fp.parts:
-        groups.setdefault(part.layer_kind, []).append(part)
+        groups.setdefault((part.layer_kind, part.growth, part.span), []).append(part)
     return groups
 
 
-def _width_lines(groups: dict[LayerKind, list[Part]]) -> list[str]:
+def _width_lines(all_parts: tuple[Part, ...]) -> list[str]:
     """Each part's width, once for all layers when every kind caches the same shape."""
+    groups: dict[LayerKind, list[Part]] = {}
+    for part in all_parts:
+        groups.setdefault(part.layer_kind, []).append(part)
     shapes = {kind: [(p.name, p.factors) for p in parts] for kind, parts in groups.items()}
     first = next(iter(groups.values()))
     if len({tuple(s) for s in shapes.values()}) == 1:
@@ -92,16 +101,31 @@ def _format_rule(fmt: StorageFormat | PackedMlaFormat) -> str:
     return f"{fmt.name} ({fmt.block_bytes} B per value)"
 
 
-def _group_lines(fp, fmt, kind: LayerKind, parts: list[Part], *, labelled: bool) -> list[str]:
-    layers = _layers_text(fp, kind, parts[0].layers)
-    rate = sum(p.bytes_per_token for p in parts)
-    label = f"{_kind_text(parts[0])}: " if labelled else ""
+def _group_lines(fp, fmt, parts: list[Part], *, labelled: bool) -> list[str]:
+    first = parts[0]
+    layers = _layers_text(fp, first.layer_kind, first.layers)
+    label = f"{_kind_text(first)}: " if labelled else ""
+    result = _per_row(parts)
     if isinstance(fmt, StorageFormat) and not fmt.is_blocked and all(_plain(fmt, p) for p in parts):
-        return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {rate:,} B/token"]
+        return [f"  {label}{_values_expr(parts)} × {fmt.block_bytes} B × {layers} = {result}"]
     rows = [f"  {p.name}: {_row_text(fmt, p)}" for p in parts]
     row_sum = " + ".join(f"{p.bytes_per_token_layer:,}" for p in parts)
     row_sum = f"({row_sum})" if len(parts) > 1 else row_sum
-    return rows + [f"  {label}{row_sum} B × {layers} = {rate:,} B/token"]
+    return rows + [f"  {label}{row_sum} B × {layers} = {result}"]
+
+
+def _per_row(parts: list[Part]) -> str:
+    """A group's bytes per row over its layers, and what a token adds: all of it for tokens, 1/R
+    for compressed entries, nothing for compressor state."""
+    first = parts[0]
+    row = sum(p.bytes_per_token_layer for p in parts) * first.layers
+    rate = sum(p.bytes_per_token for p in parts)
+    if first.growth is Growth.COMPRESSED:
+        exact = "" if row % first.span == 0 else " (rounded up)"
+        return f"{row:,} B per entry; per token {row:,} / {first.span} = {rate:,} B/token{exact}"
+    if first.growth.per_sequence:
+        return f"{row:,} B per row of state (bounded: not per token)"
+    return f"{rate:,} B/token"
 
 
 def _plain(fmt: StorageFormat, part: Part) -> bool:
@@ -121,6 +145,9 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
         scales = ceil_div(part.values, INDEXER_SCALE_GROUP)
         return (f"{part.values} fp8 values × 1 B + {scales} fp32 scale{'s' * (scales > 1)} × 4 B "
                 f"= {part.bytes_per_token_layer:,} B (DeepSeek's indexer format, whatever the cache dtype)")
+    if part.bytes_per_token_layer == 4 * part.values and fmt.name != "fp32" and not _plain(fmt, part):
+        return (f"{part.values:,} fp32 values × 4 B = {part.bytes_per_token_layer:,} B "
+                "(fp32 whatever the cache dtype)")
     if isinstance(fmt, PackedMlaFormat):
         if part.name == "latent":
             scales = fmt.kv_lora_rank // fmt.scale_group
@@ -138,12 +165,20 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
     )
 
 
+_SPAN_TEXT = {
+    Growth.WINDOW: "window {:,}", Growth.CHUNK: "chunk {:,}", Growth.COMPRESSED: "one entry per {:,} tokens",
+    Growth.OPEN_WINDOW: "compressor's open window of {:,}",
+    Growth.OPEN_WINDOW_ROOM: "compressor's open window of {:,}",
+    Growth.OVERLAP: "compressor's last window of {:,}",
+}
+
+
 def _kind_text(part: Part) -> str:
-    """``full layers``, ``sliding layers (window 4,096)``, ``chunked layers (chunk 8,192)``."""
+    """``full layers``, ``sliding layers (window 4,096)``, ``chunked layers (chunk 8,192)``,
+    ``compressed_sparse layers (one entry per 4 tokens)``."""
     if part.growth is Growth.EVERY:
         return f"{part.layer_kind} layers"
-    span = "window" if part.growth is Growth.WINDOW else "chunk"
-    return f"{part.layer_kind} layers ({span} {part.span:,})"
+    return f"{part.layer_kind} layers ({_SPAN_TEXT[part.growth].format(part.span)})"
 
 
 def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
@@ -153,21 +188,35 @@ def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
     return text
 
 
-def _total_lines(fp: Footprint, groups: dict[LayerKind, list[Part]]) -> list[str]:
+def _total_lines(fp: Footprint, groups: dict[Key, list[Part]]) -> list[str]:
     lines = [f"At {humanize_tokens(fp.seq_len)} tokens, batch {fp.batch}:"]
-    for kind, parts in groups.items():
-        rate = sum(p.bytes_per_token for p in parts)
-        cells = parts[0].cells
+    labelled = len({kind for kind, _, _ in groups}) < len(groups)
+    for parts in groups.values():
+        first = parts[0]
+        row = sum(p.bytes_per_token_layer for p in parts) * first.layers
         group_total = sum(p.total_bytes for p in parts)
-        held = _held_text(fp, parts[0], cells)
-        lines.append(f"  {kind} layers: {rate:,} B/token × {held} = {group_total:,} B")
+        held = _held_text(fp, first, first.cells)
+        label = _kind_text(first) if labelled else f"{first.layer_kind} layers"
+        unit = "B/token" if first.growth in (Growth.EVERY, Growth.WINDOW, Growth.CHUNK) else "B"
+        lines.append(f"  {label}: {row:,} {unit} × {held} = {group_total:,} B")
     lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
     return lines
 
 
 def _held_text(fp: Footprint, part: Part, cells: int) -> str:
-    """``cells`` explained: tokens, windows, chunks, pages, padding."""
+    """``cells`` explained: tokens, windows, chunks, pages, padding, entries, state rows."""
     batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
+    seq, span = fp.seq_len, part.span
+    if part.growth is Growth.COMPRESSED:
+        return f"floor({seq:,} / {span:,}) = {seq // span:,} entries{batch}"
+    if part.growth is Growth.OPEN_WINDOW:
+        return f"({seq:,} mod {span:,}) = {seq % span:,} row{'s' * (seq % span != 1)}{batch}"
+    if part.growth is Growth.OPEN_WINDOW_ROOM:
+        room = min(seq, span - 1)
+        return f"min({seq:,}, {span:,} - 1) = {room:,} row{'s' * (room != 1)}{batch}"
+    if part.growth is Growth.OVERLAP:
+        closed = "a window has closed" if seq >= span else "no window has closed yet"
+        return f"{span if seq >= span else 0:,} rows ({closed}){batch}"
     if part.growth is Growth.EVERY:
         tokens = fp.seq_len
         held = f"{tokens:,} tokens{batch}"

@@ -161,6 +161,26 @@ def mimo_v2_flash(get: Get, layers: int) -> tuple[str, ...]:
     return tuple("full" if i == 0 or (i + 1) % 6 == 0 else "sliding" for i in range(layers))
 
 
+V4_LAYER_TYPES = {"sliding_attention": "sliding", "compressed_sparse_attention": "compressed_sparse",
+                  "heavily_compressed_attention": "heavily_compressed"}
+_V4_RATIOS = {0: "sliding", 4: "compressed_sparse", 128: "heavily_compressed"}
+
+
+def deepseek_v4(get: Get, layers: int) -> tuple[str, ...]:
+    """DeepSeek-V4: a published file's ``compress_ratios`` (0, 4 or 128 per layer; transformers keeps
+    the first num_hidden_layers, the rest describing MTP layers), else two heavily compressed layers
+    then compressed sparse and heavily compressed in turn, starting heavily compressed."""
+    ratios = get("compress_ratios")
+    if ratios is None:
+        return tuple("heavily_compressed" if i < 2 or i % 2 == 0 else "compressed_sparse"
+                     for i in range(layers))
+    if not isinstance(ratios, list) or len(ratios) < layers or any(
+            isinstance(r, bool) or r not in _V4_RATIOS for r in ratios):
+        raise ValueError(f"compress_ratios: {_short(ratios)}: expected at least {layers} entries of "
+                         "0, 4 or 128 (transformers reads no other)")
+    return tuple(_V4_RATIOS[r] for r in ratios[:layers])
+
+
 def own_indexers(get: Get, layers: int) -> None:
     """GLM-5 (DSA): every layer must own its indexer (``indexer_types`` "full"). transformers
     derives indexer_types from index_topk_pattern ("F"/"S" per layer), else layer i owns one when
@@ -213,6 +233,8 @@ class Family:
     kvcalc reads (absent counts as None)."""
     last_full: bool = False
     """The last layer is full attention whatever layer_types says (Gemma-4 forces it)."""
+    compressed: bool = False
+    """DeepSeek-V4's compressed attention (``spec.CompressedAttention``)."""
 
 
 def _cfg(model_type: str) -> str:
@@ -286,6 +308,10 @@ FAMILIES: dict[str, Family] = {
                             v_head_dim=True, window_size_key="sliding_window_size",
                             defaults={"sliding_window": 129, "head_dim": 192, "v_head_dim": 128,
                                       "num_key_value_heads": 4}),
+    "deepseek_v4": Family(_cfg("deepseek_v4"), deepseek_v4, compressed=True, counts_params=False,
+                          defaults={"head_dim": 512, "q_lora_rank": 1024, "sliding_window": 128,
+                                    "index_head_dim": 128, "index_n_heads": 64, "num_key_value_heads": 1,
+                                    "num_nextn_predict_layers": 1}),
     "minicpm3": Family(_cfg("minicpm3"), mla=True,
                        defaults={"kv_lora_rank": 256, "q_lora_rank": 768, "qk_rope_head_dim": 32,
                                  "qk_nope_head_dim": 64, "v_head_dim": 64}),
@@ -296,7 +322,6 @@ FAMILIES["llama4"] = FAMILIES["llama4_text"]  # the multimodal wrapper, its text
 FAMILIES["gemma4"] = FAMILIES["gemma4_text"]
 
 NOT_MODELLED: dict[str, str] = {
-    "deepseek_v4": "compressed sparse and heavily compressed attention (compress_rates)",
     **dict.fromkeys(("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "kimi_linear", "minimax",
                      "jamba", "nemotron_h", "falcon_h1", "granitemoehybrid", "mamba", "mamba2", "zamba",
                      "zamba2", "bamba", "lfm2", "lfm2_moe", "hunyuan_v1_dense"),

@@ -149,7 +149,7 @@ def fit(
     fits = budget > 0
     max_tokens = budget // (page * rate) * page if fits else 0
 
-    concurrency = _largest(lambda n: c.per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
+    concurrency = _largest(lambda n: c.peak_per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
     cap = spec.max_position_embeddings
     context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
@@ -172,7 +172,7 @@ _UNBOUNDED = 1 << 40
 def longest_context(c: Curve, budget: int, *, batch: int = 1, limit: int | None = None) -> int | None:
     """The longest sequence whose per-GPU cache fits ``budget`` (at most ``limit``); None when
     any length fits (every layer slides and nothing limits it)."""
-    longest = _largest(lambda s: c.per_gpu_bytes(s, batch) <= budget, limit=limit)
+    longest = _largest(lambda s: c.peak_per_gpu_bytes(s, batch) <= budget, limit=limit)
     return None if longest == _UNBOUNDED else longest
 
 

@@ -24,6 +24,7 @@ from kvcalc.families import (
     FAMILIES,
     NOT_MODELLED,
     UNRELATED_FIELDS,
+    V4_LAYER_TYPES,
     Family,
     all_full,
 )
@@ -49,7 +50,9 @@ _BOUNDS = {
                      "n_shared_experts", "index_n_heads", "num_global_key_value_heads",
                      "swa_num_key_value_heads"), MAX_HEADS),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window", "sliding_window_size",
-                     "attention_chunk_size"), MAX_TOKENS),
+                     "attention_chunk_size", "compress_rate_csa", "compress_rate_hca",
+                     "compress_rates.compressed_sparse_attention",
+                     "compress_rates.heavily_compressed_attention"), MAX_TOKENS),
 }
 """Upper bounds of the integer fields read; any other (dimensions, vocabulary, MLP widths) is at
 most ``MAX_DIM``. Every count is at least 1 unless read with ``low=0`` (0 means none)."""
@@ -63,7 +66,7 @@ _INT_FIELDS = (
     "n_shared_experts", "first_k_dense_replace", "index_head_dim", "index_n_heads", "index_topk",
     "num_kv_shared_layers", "attention_chunk_size", "no_rope_layer_interval", "global_head_dim",
     "num_global_key_value_heads", "sliding_window_size", "swa_num_key_value_heads", "swa_head_dim",
-    "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset",
+    "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset", "compress_rate_csa", "compress_rate_hca",
 )
 """Every integer field read from a Hugging Face config (MLA's num_key_value_heads and head_dim
 included: ignored for the cache, still checked)."""
@@ -98,6 +101,8 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     heads = cfg.first_int("num_attention_heads", "n_head", "num_heads")
     if family.mla:
         attention = _mla(cfg, heads, family.indexer)
+    elif family.compressed:
+        attention = _compressed(cfg, heads)
     else:
         attention = _standard(cfg, heads, hidden, family)
     windows = _windows(cfg, family, layers)
@@ -247,6 +252,61 @@ def _mla(cfg: _Config, heads: int, indexer: bool) -> dict:
     }
 
 
+_V4_RATE_KEYS = {"csa_rate": ("compressed_sparse_attention", "compress_rate_csa", 4),
+                 "hca_rate": ("heavily_compressed_attention", "compress_rate_hca", 128)}
+
+
+def _compressed(cfg: _Config, heads: int) -> dict:
+    """DeepSeek-V4: one K = V head of head_dim (transformers ignores num_key_value_heads, so a value
+    other than 1 is refused), the rotary slice (partial_rotary_factor x head_dim, or the older
+    qk_rope_head_dim, else 64/512 of it), the compress rates (compress_rates, or the older
+    compress_rate_csa / compress_rate_hca, else 4 and 128) and the lightning indexer."""
+    kv_heads = cfg.optional_int("num_key_value_heads")
+    if kv_heads != 1:
+        raise SpecError(f"{cfg.origin}: num_key_value_heads: {kv_heads}: DeepSeek-V4 caches one K = V head "
+                        "whatever this says (transformers ignores it); refusing to guess which is meant")
+    head_dim = cfg.first_int("head_dim")
+    rates = cfg.raw.get("compress_rates")
+    known = {key for key, _, _ in _V4_RATE_KEYS.values()}
+    if rates is not None and not (isinstance(rates, dict) and set(rates) <= known):
+        raise SpecError(f"{cfg.origin}: compress_rates: {_show(rates)}: expected compressed_sparse_attention "
+                        "and heavily_compressed_attention")
+    fields = {}
+    for field, (key, legacy, default) in _V4_RATE_KEYS.items():
+        if rates is not None and key in rates:
+            fields[field] = cfg._int(f"compress_rates.{key}", rates[key], 1)
+        elif cfg.raw.get(legacy) is not None:
+            fields[field] = cfg.first_int(legacy)
+        else:
+            fields[field] = default
+            cfg.assume(f"compress_rates.{key} {default} (class default; absent from the config)")
+    return {
+        **fields,
+        "kind": "compressed",
+        "num_heads": heads,
+        "head_dim": head_dim,
+        "qk_rope_head_dim": _rope_slice(cfg, head_dim),
+        "q_lora_rank": cfg.first_int("q_lora_rank"),
+        "index_head_dim": cfg.first_int("index_head_dim"),
+        "index_n_heads": cfg.first_int("index_n_heads"),
+    }
+
+
+def _rope_slice(cfg: _Config, head_dim: int) -> int:
+    factor = cfg.raw.get("partial_rotary_factor")
+    if factor is None:
+        rope = cfg.optional_int("qk_rope_head_dim")
+        if rope is not None:
+            return rope
+        factor = 64 / 512
+        cfg.assume(f"qk_rope_head_dim {int(head_dim * factor)} = head_dim x 64/512 (class default)")
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor <= 1:
+        raise SpecError(f"{cfg.origin}: partial_rotary_factor: {_show(factor)}: expected a number in (0, 1]")
+    if int(head_dim * factor) < 1:
+        raise SpecError(f"{cfg.origin}: partial_rotary_factor: {factor}: leaves no rotary dimension")
+    return int(head_dim * factor)
+
+
 def _family(cfg: _Config, model_type: str) -> Family:
     """The family transformers would read this config as, or a ``SpecError`` saying why not."""
     if model_type in NOT_MODELLED:
@@ -328,8 +388,9 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     except ValueError as e:
         raise SpecError(f"{cfg.origin}: {e}") from None
     if types is not None:
-        known = {**_LAYER_TYPES, **(_CHUNKED_TYPE if "attention_chunk_size" in family.defaults else {}),
-                 **(_INDEXED_TYPE if family.indexer else {})}
+        known = V4_LAYER_TYPES if family.compressed else {
+            **_LAYER_TYPES, **(_CHUNKED_TYPE if "attention_chunk_size" in family.defaults else {}),
+            **(_INDEXED_TYPE if family.indexer else {})}
         kinds = _from_layer_types(cfg, types, layers, known)
     if family.last_full and kinds[-1] != "full":
         kinds = kinds[:-1] + ("full",)
@@ -374,7 +435,7 @@ def _shape(cfg: _Config, family: Family, kinds: tuple[str, ...]) -> dict:
     layers = len(kinds)
     period = next(p for p in range(1, layers + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     shape = {"layer_pattern": kinds[:period]} if period < layers else {"layer_types": kinds}
-    if "sliding" in kinds:
+    if {"sliding", *V4_LAYER_TYPES.values()} & set(kinds):  # every DeepSeek-V4 layer has a window
         shape["sliding_window"] = _window(cfg, family)
     if "chunked" in kinds:
         shape["attention_chunk_size"] = cfg.first_int("attention_chunk_size")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel
-from kvcalc.spec import LayerKind, MlaAttention, ModelSpec
+from kvcalc.spec import CompressedAttention, LayerKind, MlaAttention, ModelSpec
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy
 import torch  # noqa: E402  (measurement is the one place torch is imported)
@@ -127,6 +127,9 @@ def measure(
     in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``).
     ``report`` is told each phase as it starts ("prefill 4,088 tokens", "decode 3/8")."""
     check_options(options)
+    if isinstance(spec.attention, CompressedAttention):
+        raise OptionError(f"measure: {spec.name}: kvcalc has no PyTorch layer for DeepSeek-V4's compressed "
+                          "attention yet")
     parallel = Parallel(tp=options.tp)
     fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
                                  parallel=parallel))

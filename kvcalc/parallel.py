@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from kvcalc.errors import OptionError
-from kvcalc.spec import LayerKind, MlaAttention, ModelSpec
+from kvcalc.spec import LayerKind, ModelSpec, StandardAttention
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Parallel:
         if heads % tp:
             raise OptionError(f"--tp {self.tp}: attention tp {tp} does not divide {name}'s {heads} "
                               "query heads")
-        if not isinstance(attention, MlaAttention):
+        if isinstance(attention, StandardAttention):
             kv = attention.num_kv_heads
             if (tp > kv and tp % kv) or (tp <= kv and kv % tp):
                 raise OptionError(

@@ -1,11 +1,12 @@
 """The cache plan: what each layer of a model caches, and how each part grows with the sequence.
 
 Data flows spec -> plan -> footprint. The plan lists, for every kind of layer a model has (full,
-sliding, chunked), the attention those layers use, how many tokens they hold (their growth law) and
-the parts they cache. Each part has a width per token as a product of named factors, a rule for
-tensor parallelism (split by heads, or the same on every rank) and a storage rule (the cache's
-dtype, or the DSA indexer's own format where the engine keeps one). Layers that share another
-layer's cache (Gemma-3n) hold nothing and have no entry.
+sliding, chunked, DeepSeek-V4's compressed kinds), the attention those layers use and the parts
+they cache. Each part has a width per row as a product of named factors, a growth law (how many
+rows a sequence holds: every token, a window, a chunk, one entry per R tokens, or compressor state
+bounded by R), a rule for tensor parallelism (split by heads, or the same on every rank) and a
+storage rule (the cache's dtype, the DSA indexer's own format where the engine keeps one, or fp32).
+Layers that share another layer's cache (Gemma-3n) hold nothing and have no entry.
 
 A plan has one entry per distinct layer kind, never one per layer or per token, so a footprint costs
 the same for 4 layers or 400 and for 1k tokens or 1M.
@@ -13,21 +14,35 @@ the same for 4 layers or 400 and for 1k tokens or 1M.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from kvcalc.engines import MlaCache
-from kvcalc.spec import Attention, LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.engines import CompressedCache, MlaCache
+from kvcalc.spec import Attention, CompressedAttention, LayerKind, MlaAttention, ModelSpec, StandardAttention
 
 INDEXER_KEY = "indexer key"
 
 
 class Growth(StrEnum):
-    """How many of a sequence's tokens a layer holds."""
+    """How many rows of a part a sequence of ``seq`` tokens holds (``span`` is W, C or R)."""
 
     EVERY = "every token"
     WINDOW = "the last W tokens"
     CHUNK = "the current chunk of C tokens"
+    COMPRESSED = "one entry per R tokens"
+    """floor(seq / R): DeepSeek-V4's compressed entries."""
+    OPEN_WINDOW = "the tokens of the compressor's open window"
+    """seq mod R: what a compressor holds until R tokens close a window into one entry (transformers
+    keeps exactly these, so its cache shrinks when a window closes)."""
+    OPEN_WINDOW_ROOM = "room for the compressor's longest open window"
+    """min(seq, R - 1): a buffer that holds any open window up to this length."""
+    OVERLAP = "the last closed window"
+    """R once a window has closed, else 0: CSA's overlapping windows reread the previous one."""
+
+    @property
+    def per_sequence(self) -> bool:
+        """Bounded by the span whatever the length: state, not a cache that grows."""
+        return self in (Growth.OPEN_WINDOW, Growth.OPEN_WINDOW_ROOM, Growth.OVERLAP)
 
 
 class Split(StrEnum):
@@ -44,6 +59,9 @@ class Storage(StrEnum):
     """In ``--kv-dtype``."""
     INDEXER = "indexer format"
     """As the engine keeps DSA indexer keys (``engines.IndexerKeys``)."""
+    FP32 = "fp32"
+    """fp32 whatever the cache dtype (transformers' DeepSeek-V4 compressor gates after the fp32
+    position bias is added)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +74,16 @@ class Factor:
 
 @dataclass(frozen=True)
 class PartPlan:
-    """One cached tensor of a layer: its width per token, TP rule and storage."""
+    """One cached tensor of a layer: its width per row, how many rows it holds, TP rule and storage."""
 
     name: str
     factors: tuple[Factor, ...]
     split: Split = Split.REPLICATED
     storage: Storage = Storage.CACHE
+    growth: Growth = Growth.EVERY
+    span: int | None = None
+    """W for a window, C for a chunk, R for compressed entries and compressor state; None when the
+    part holds every token."""
 
     def on_rank(self, tp: int) -> tuple[Factor, ...]:
         """The factors one of ``tp`` ranks holds."""
@@ -77,25 +99,32 @@ class LayerPlan:
 
     kind: LayerKind
     attention: Attention
-    growth: Growth
-    span: int | None
-    """W for a window, C for a chunk; None when the layer holds every token."""
     parts: tuple[PartPlan, ...]
 
 
 _GROWTH = {LayerKind.FULL: Growth.EVERY, LayerKind.SLIDING: Growth.WINDOW, LayerKind.CHUNKED: Growth.CHUNK}
 
 
-def cache_plan(spec: ModelSpec, mla_cache: MlaCache | None) -> tuple[LayerPlan, ...]:
+def cache_plan(spec: ModelSpec, mla_cache: MlaCache | None,
+               compressed: CompressedCache | None = None) -> tuple[LayerPlan, ...]:
     """The plan of ``spec`` with MLA cached as ``mla_cache`` (the engine's choice; None for a
-    model without MLA): one entry per kind of layer that holds a cache, in ``LayerKind`` order
-    (full always: MTP layers, when counted, are full layers of the main attention)."""
+    model without MLA) and DeepSeek-V4's attention as ``compressed`` (the engine's, for such a
+    model): one entry per kind of layer that holds a cache, in ``LayerKind`` order (full always for
+    other attention: MTP layers, when counted, are full layers of the main attention)."""
     counts = spec.layer_counts
-    return tuple(
-        LayerPlan(kind, spec.attention_for(kind), _GROWTH[kind], spec.span(kind),
-                  parts(spec.attention_for(kind), mla_cache))
-        for kind in LayerKind if (counts[kind] or kind is LayerKind.FULL) and kind is not LayerKind.SHARED
-    )
+    if isinstance(spec.attention, CompressedAttention):
+        attn = spec.attention
+        return tuple(LayerPlan(kind, attn, _compressed_parts(attn, kind, spec.sliding_window, compressed))
+                     for kind in LayerKind if counts[kind])
+    plans = []
+    for kind in LayerKind:
+        if not (counts[kind] or kind is LayerKind.FULL) or kind is LayerKind.SHARED:
+            continue
+        attn = spec.attention_for(kind)
+        growth, span = _GROWTH[kind], spec.span(kind)
+        plans.append(LayerPlan(kind, attn, tuple(replace(p, growth=growth, span=span)
+                                                 for p in parts(attn, mla_cache))))
+    return tuple(plans)
 
 
 def parts(attn: Attention, cache: MlaCache | None) -> tuple[PartPlan, ...]:
@@ -130,3 +159,46 @@ def _indexer(attn: MlaAttention) -> tuple[PartPlan, ...]:
     if attn.index_head_dim is None:
         return ()
     return (PartPlan(INDEXER_KEY, (Factor(attn.index_head_dim, "index_head_dim"),), storage=Storage.INDEXER),)
+
+
+def _compressed_parts(attn: CompressedAttention, kind: LayerKind, window: int,
+                      cache: CompressedCache | None) -> tuple[PartPlan, ...]:
+    """One DeepSeek-V4 layer of ``kind``: the window's K = V entry (transformers keeps K and V apart
+    on the layers that only slide), and on compressed layers the compressed entries, the CSA
+    indexer's compressed key and both compressors' state: the open window's rows (kv and gate;
+    CSA's two overlapping series make them twice as wide) and CSA's last closed window (its first
+    series only). Every part is one head: replicated across TP ranks."""
+    d = Factor(attn.head_dim, "head_dim")
+    if kind is LayerKind.SLIDING and cache is CompressedCache.TRANSFORMERS:
+        return (PartPlan("K", (d,), growth=Growth.WINDOW, span=window),
+                PartPlan("V", (d,), growth=Growth.WINDOW, span=window))
+    kv = (PartPlan("K = V", (d,), growth=Growth.WINDOW, span=window),)
+    rate = attn.rate(kind)
+    if rate is None:
+        return kv
+    entries = [PartPlan("compressed K = V", (d,), growth=Growth.COMPRESSED, span=rate)]
+    state = _compressor("compressor", d, rate, kind, cache)
+    if kind is LayerKind.COMPRESSED_SPARSE:
+        index = Factor(attn.index_head_dim, "index_head_dim")
+        entries.append(PartPlan(INDEXER_KEY, (index,), storage=Storage.INDEXER, growth=Growth.COMPRESSED,
+                                span=rate))
+        state += _compressor("indexer compressor", index, rate, kind, cache)
+    return (*kv, *entries, *state)
+
+
+def _compressor(name: str, width: Factor, rate: int, kind: LayerKind,
+                cache: CompressedCache | None) -> tuple[PartPlan, ...]:
+    """A compressor's state: its open window's kv and gate rows (exactly seq mod R in transformers;
+    room for the longest, R - 1, in the ideal) and CSA's last closed window."""
+    transformers = cache is CompressedCache.TRANSFORMERS
+    open_window = Growth.OPEN_WINDOW if transformers else Growth.OPEN_WINDOW_ROOM
+    if kind is LayerKind.HEAVILY_COMPRESSED:
+        return (PartPlan(f"{name} kv + gate, open window", (Factor(2, "kv and gate"), width),
+                         growth=open_window, span=rate),)
+    gate = Storage.FP32 if transformers else Storage.CACHE
+    return (
+        PartPlan(f"{name} kv + gate, open window", (Factor(2, "kv and gate"), Factor(2, "series"), width),
+                 growth=open_window, span=rate),
+        PartPlan(f"{name} kv, last window", (width,), growth=Growth.OVERLAP, span=rate),
+        PartPlan(f"{name} gate, last window", (width,), storage=gate, growth=Growth.OVERLAP, span=rate),
+    )

@@ -46,7 +46,20 @@ class MlaAttentionFile(_Frozen):
     index_n_heads: _size("index_n_heads") | None = None
 
 
-AttentionFile = Annotated[StandardAttentionFile | MlaAttentionFile, Field(discriminator="kind")]
+class CompressedAttentionFile(_Frozen):
+    kind: Literal["compressed"]
+    num_heads: _size("num_heads")
+    head_dim: _size("head_dim")
+    qk_rope_head_dim: _size("qk_rope_head_dim")
+    q_lora_rank: _size("q_lora_rank")
+    index_n_heads: _size("index_n_heads")
+    index_head_dim: _size("index_head_dim")
+    csa_rate: _size("csa_rate") = 4
+    hca_rate: _size("hca_rate") = 128
+
+
+AttentionFile = Annotated[StandardAttentionFile | MlaAttentionFile | CompressedAttentionFile,
+                          Field(discriminator="kind")]
 
 
 class ModelSpecFile(_Frozen):
@@ -93,7 +106,7 @@ def _describe(e: ValidationError) -> str:
         tags = first["ctx"]["expected_tags"]
         return f"{field}.kind: {first['ctx']['tag']!r} is not one of {tags}{more}"
     if kind == "union_tag_not_found":
-        return f"{field}.kind: required field is missing (standard or mla){more}"
+        return f"{field}.kind: required field is missing (standard, mla or compressed){more}"
     if kind == "extra_forbidden":
         return f"{field}: unknown field (value {_show(first['input'])}){more}"
     message = first["msg"].removeprefix("Value error, ")

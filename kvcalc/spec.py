@@ -26,6 +26,11 @@ class LayerKind(StrEnum):
     CHUNKED = "chunked"
     """Attends within fixed chunks of ``attention_chunk_size`` tokens (Llama-4's local layers), so
     it never needs more than one chunk's worth."""
+    COMPRESSED_SPARSE = "compressed_sparse"
+    """DeepSeek-V4's CSA: a sliding window plus one compressed entry per ``csa_rate`` tokens, with
+    a lightning indexer's compressed key beside it."""
+    HEAVILY_COMPRESSED = "heavily_compressed"
+    """DeepSeek-V4's HCA: a sliding window plus one compressed entry per ``hca_rate`` tokens."""
     SHARED = "shared"
     """Reuses an earlier layer's cache and holds none of its own (Gemma-3n's last
     ``num_kv_shared_layers``; transformers' ``DummyLayer``)."""
@@ -41,7 +46,7 @@ BOUNDS: dict[str, int] = {
     "num_heads": MAX_HEADS, "num_kv_heads": MAX_HEADS,
     "hidden_size": MAX_DIM, "head_dim": MAX_DIM, "v_head_dim": MAX_DIM, "q_lora_rank": MAX_DIM,
     "kv_lora_rank": MAX_DIM, "qk_nope_head_dim": MAX_DIM, "qk_rope_head_dim": MAX_DIM,
-    "index_head_dim": MAX_DIM, "index_n_heads": MAX_HEADS,
+    "index_head_dim": MAX_DIM, "index_n_heads": MAX_HEADS, "csa_rate": MAX_TOKENS, "hca_rate": MAX_TOKENS,
     "sliding_window": MAX_TOKENS, "attention_chunk_size": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
     "params": MAX_PARAMS,
 }
@@ -149,8 +154,48 @@ class MlaAttention:
         return self.q_lora_rank * heads * dim + hidden_size * dim + 2 * dim + hidden_size * heads
 
 
-Attention = StandardAttention | MlaAttention
-ATTENTION_KINDS: dict[str, type[Attention]] = {"standard": StandardAttention, "mla": MlaAttention}
+@dataclass(frozen=True, kw_only=True)
+class CompressedAttention:
+    """DeepSeek-V4's attention (transformers' ``DeepseekV4Attention``): one KV head of ``head_dim``
+    values read as both key and value (K = V), on every layer a sliding window of the last
+    ``sliding_window`` tokens, and on compressed layers one entry per ``csa_rate`` (CSA) or
+    ``hca_rate`` (HCA) tokens: a gated sum of their projections, made by a compressor that keeps
+    the tokens of the window it has not closed. CSA layers add a lightning indexer whose own
+    compressed keys (``index_head_dim``, one head) are cached the same way.
+    """
+
+    kind: ClassVar[str] = "compressed"
+    num_heads: int
+    head_dim: int
+    qk_rope_head_dim: int
+    """The rotary slice of ``head_dim`` (engines store it apart in their packed fp8 formats)."""
+    q_lora_rank: int
+    index_n_heads: int
+    index_head_dim: int
+    csa_rate: int = 4
+    hca_rate: int = 128
+
+    def __post_init__(self) -> None:
+        _check_positive(num_heads=self.num_heads, head_dim=self.head_dim,
+                        qk_rope_head_dim=self.qk_rope_head_dim,
+                        q_lora_rank=self.q_lora_rank, index_n_heads=self.index_n_heads,
+                        index_head_dim=self.index_head_dim, csa_rate=self.csa_rate, hca_rate=self.hca_rate)
+        if self.qk_rope_head_dim > self.head_dim:
+            raise ValueError(f"qk_rope_head_dim {self.qk_rope_head_dim} exceeds head_dim {self.head_dim}")
+
+    variant: ClassVar[str] = "CSA/HCA"
+
+    def rate(self, kind: LayerKind) -> int | None:
+        """Tokens per compressed entry on a layer of ``kind`` (None: the window only)."""
+        rates = {LayerKind.COMPRESSED_SPARSE: self.csa_rate, LayerKind.HEAVILY_COMPRESSED: self.hca_rate}
+        return rates.get(kind)
+
+
+Attention = StandardAttention | MlaAttention | CompressedAttention
+ATTENTION_KINDS: dict[str, type[Attention]] = {
+    "standard": StandardAttention, "mla": MlaAttention, "compressed": CompressedAttention,
+}
+COMPRESSED_KINDS = (LayerKind.COMPRESSED_SPARSE, LayerKind.HEAVILY_COMPRESSED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,12 +285,34 @@ class ModelSpec:
                 f"layer_types lists {len(self.layer_types)} layers but num_layers is "
                 f"{self.num_layers}"
             )
+        self._check_compressed()
         for kind, key in ((LayerKind.SLIDING, "sliding_window"), (LayerKind.CHUNKED, "attention_chunk_size")):
             self._check_span(kind, key)
 
+    def _check_compressed(self) -> None:
+        """DeepSeek-V4's attention runs on sliding and compressed layers only, and only it compresses."""
+        counts = self.layer_counts
+        compressed = sum(counts[k] for k in COMPRESSED_KINDS)
+        if isinstance(self.attention, CompressedAttention):
+            others = (LayerKind.FULL, LayerKind.CHUNKED, LayerKind.SHARED)
+            other = next((k for k in others if counts[k]), None)
+            if other is not None:
+                raise ValueError(f"{counts[other]} layers are {other}, but compressed attention "
+                                 "(DeepSeek-V4) has sliding, compressed_sparse and heavily_compressed "
+                                 "layers only")
+            if self.layer_attention:
+                raise ValueError("layer_attention: compressed attention takes one shape for every layer")
+        elif compressed:
+            kind = next(k for k in COMPRESSED_KINDS if counts[k])
+            raise ValueError(f"{counts[kind]} layers are {kind}, which needs attention of kind compressed, "
+                             f"not {self.attention.kind}")
+
     def _check_span(self, kind: LayerKind, key: str) -> None:
-        """A sliding (chunked) layer needs its window (chunk), and a window needs a layer."""
+        """A sliding (chunked) layer needs its window (chunk), and a window needs a layer. Every layer
+        of compressed attention slides: its compressed entries come on top of the window."""
         layers, span = self.layer_counts[kind], getattr(self, key)
+        if kind is LayerKind.SLIDING:
+            layers += sum(self.layer_counts[k] for k in COMPRESSED_KINDS)
         if layers and span is None:
             raise ValueError(f"{layers} layers are {kind} but {key} is not set")
         if span is not None and not layers:
@@ -257,8 +324,9 @@ class ModelSpec:
                              "layer holds every token (list it as full)")
 
     def span(self, kind: LayerKind) -> int | None:
-        """The most tokens a layer of ``kind`` attends to: its window or chunk (None: every token)."""
-        if kind is LayerKind.SLIDING:
+        """The most tokens a layer of ``kind`` attends to uncompressed: its window or chunk (None:
+        every token)."""
+        if kind is LayerKind.SLIDING or kind in COMPRESSED_KINDS:
             return self.sliding_window
         return self.attention_chunk_size if kind is LayerKind.CHUNKED else None
 

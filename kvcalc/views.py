@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kvcalc.analytic import Comparison, Footprint, Layout
+from kvcalc.plan import Growth
 from kvcalc.render import Column, Kind
-from kvcalc.spec import LayerKind, ModelSpec
+from kvcalc.spec import COMPRESSED_KINDS, LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
 
@@ -223,10 +224,17 @@ PART_COLUMNS = (
 
 
 def _cache_shape(fp: Footprint) -> str:
-    """Each part's width; per layer kind when the kinds cache different shapes (Gemma-4)."""
+    """Each part's width; per layer kind when the kinds cache different shapes (Gemma-4); compressed
+    entries with their rate, compressor state in one word (DeepSeek-V4)."""
     kinds: dict[str, str] = {}
     for p in fp.parts:
+        if p.growth.per_sequence:
+            if "+ compressor state" not in kinds[p.layer_kind]:
+                kinds[p.layer_kind] += " + compressor state"
+            continue
         shape = f"{p.name} {' × '.join(str(f.size) for f in p.factors)}"
+        if p.growth is Growth.COMPRESSED:
+            shape += f" per {p.span}"
         kinds[p.layer_kind] = f"{kinds[p.layer_kind]} + {shape}" if p.layer_kind in kinds else shape
     if len(set(kinds.values())) == 1:
         return next(iter(kinds.values()))
@@ -234,11 +242,14 @@ def _cache_shape(fp: Footprint) -> str:
 
 
 def _window(spec: ModelSpec) -> str | None:
-    """``1,024 on 52/62`` (sliding), ``chunk 8,192 on 36/48`` (chunked)."""
+    """``1,024 on 52/62`` (sliding), ``chunk 8,192 on 36/48`` (chunked); every DeepSeek-V4 layer
+    has a window."""
     spans = []
+    counts = spec.layer_counts
     for kind, label in ((LayerKind.SLIDING, ""), (LayerKind.CHUNKED, "chunk ")):
-        if spec.layer_counts[kind]:
-            spans.append(f"{label}{spec.span(kind):,} on {spec.layer_counts[kind]}/{spec.num_layers}")
+        layers = counts[kind] + (sum(counts[k] for k in COMPRESSED_KINDS) if kind is LayerKind.SLIDING else 0)
+        if layers:
+            spans.append(f"{label}{spec.span(kind):,} on {layers}/{spec.num_layers}")
     return ", ".join(spans) or None
 
 

@@ -46,6 +46,10 @@ EXPECTED_BF16_BYTES_PER_TOKEN = {
     "mimo-v2-flash": 2 * (192 + 128) * (4 * 9 + 8 * 39),  # K 192 + V 128; sliding: 8 KV heads
     "glm-5": ((512 + 64) * 2 + 132) * 78,  # latent + rope key + the indexer key (132 B, fp8 + scale)
     "longcat-flash": (512 + 64) * 2 * 56,  # two MLA sublayers in each of 28 decoder layers
+    # K = V 512 in every layer's window (counted whole), compressed entries at 1/R per token:
+    # 512 x 2 B per entry, 1/4 on CSA layers, 1/128 on HCA ones; the indexer's 132 B at 1/4.
+    "deepseek-v4-flash": 1024 * 43 + 1024 * 21 // 4 + 132 * 21 // 4 + 1024 * 20 // 128,  # 50,261
+    "deepseek-v4-pro": 1024 * 61 + 1024 * 30 // 4 + 132 * 30 // 4 + 1024 * 31 // 128,  # 71,382
 }
 
 # (sliding layers, window) as the published configs define them.
@@ -62,6 +66,8 @@ EXPECTED_WINDOWS = {
     "gemma-4-26b-a4b": (25, 1024),
     "gemma-4-31b": (50, 1024),
     "mimo-v2-flash": (39, 129),
+    "deepseek-v4-flash": (2, 128),  # and the 41 compressed layers: every V4 layer has the window
+    "deepseek-v4-pro": (0, 128),
 }
 
 
@@ -85,7 +91,7 @@ def test_bundled_spec(name):
 
 def test_mtp_layers_only_where_published():
     assert {n for n in bundled_names() if load_bundled(n).mtp_layers} == {
-        "deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-5"}
+        "deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-5", "deepseek-v4-flash", "deepseek-v4-pro"}
 
 
 def test_gemma3_global_layers_are_every_sixth():

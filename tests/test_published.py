@@ -12,7 +12,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 
 from kvcalc.analytic import Options, chunk_pages, footprint
 from kvcalc.catalog import load_bundled, parse_spec
-from kvcalc.errors import OptionError, SpecError
+from kvcalc.errors import OptionError
 
 DATA = Path(__file__).parent / "data" / "published"
 KINDS = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked",
@@ -112,11 +112,6 @@ def test_vllm_pages_of_different_sizes_are_refused():
     with pytest.raises(OptionError, match=r"pages differ in size per token \(full 4,096 B, sliding 8,192 B\)"):
         footprint(spec, Options(1000, engine="vllm"))
     assert footprint(spec, Options(1000, engine="sglang")).bytes_per_token == 225_280
-
-
-def test_deepseek_v4_is_refused_by_name():
-    with pytest.raises(SpecError, match=r"'deepseek_v4': kvcalc does not model compressed sparse"):
-        read("deepseek-v4-flash")
 
 
 @pytest.mark.parametrize("name", sorted(READ))

@@ -5,8 +5,14 @@ import dataclasses
 import pytest
 
 from kvcalc.errors import SpecError
-from kvcalc.schema import MlaAttentionFile, ModelSpecFile, StandardAttentionFile, validate_spec
-from kvcalc.spec import LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.schema import (
+    CompressedAttentionFile,
+    MlaAttentionFile,
+    ModelSpecFile,
+    StandardAttentionFile,
+    validate_spec,
+)
+from kvcalc.spec import CompressedAttention, LayerKind, MlaAttention, ModelSpec, StandardAttention
 
 BASE = {
     "name": "m",
@@ -59,7 +65,8 @@ def test_layer_types_are_explicit():
         ({"layer_pattern": ["sliding"]}, "6 layers are sliding but sliding_window is not set"),
         ({"layer_types": ["full"] * 5}, "layer_types lists 5 layers but num_layers is 6"),
         ({"layer_pattern": ["full"], "layer_types": ["full"] * 6}, "not both"),
-        ({"layer_pattern": ["global"]}, "layer_pattern.0: 'global': Input should be 'full', 'sliding', 'chunked' or 'shared'"),
+        ({"layer_pattern": ["global"]}, "layer_pattern.0: 'global': Input should be 'full', 'sliding', 'chunked', 'compressed_sparse', "
+         "'heavily_compressed' or 'shared'"),
         ({"layer_pattern": []}, "layer_pattern: \\[\\]: Tuple should have at least 1 item"),
         ({"heads": 8}, "heads: unknown field \\(value 8\\)"),
         ({"name": "Has Spaces"}, "name: 'Has Spaces': String should match pattern"),
@@ -87,7 +94,8 @@ def test_mla_needs_q_lora_rank_even_when_null():
                               qk_rope_head_dim=4, v_head_dim=8), "q_lora_rank: 0"),
         (lambda: ModelSpec.from_dict(BASE | {"mtp_layers": -1}), "mtp_layers: -1 must be an integer from 0 to 10,000"),
         (lambda: ModelSpec.from_dict(BASE | {"name": "X"}), "name: 'X' must be lowercase"),
-        (lambda: ModelSpec.from_dict(BASE | {"layer_pattern": ["global"]}), "'global' is not one of 'full', 'sliding', 'chunked', 'shared'"),
+        (lambda: ModelSpec.from_dict(BASE | {"layer_pattern": ["global"]}), "'global' is not one of 'full', 'sliding', 'chunked', 'compressed_sparse', "
+         "'heavily_compressed', 'shared'"),
     ],
 )
 def test_the_runtime_spec_enforces_its_invariants(build, message):
@@ -108,7 +116,8 @@ def test_to_dict_round_trips():
 
 @pytest.mark.parametrize(
     ("schema", "runtime"),
-    [(ModelSpecFile, ModelSpec), (StandardAttentionFile, StandardAttention), (MlaAttentionFile, MlaAttention)],
+    [(ModelSpecFile, ModelSpec), (StandardAttentionFile, StandardAttention), (MlaAttentionFile, MlaAttention),
+     (CompressedAttentionFile, CompressedAttention)],
 )
 def test_schema_and_runtime_spec_have_the_same_fields(schema, runtime):
     fields = {f.name for f in dataclasses.fields(runtime)} | {"kind"} - ({"kind"} if runtime is ModelSpec else set())
