@@ -286,7 +286,7 @@ def measure(
             m.MeasureOptions(r.seq_len, batch, kv_dtype, r.layout, layers, decode_steps, tp) for r in runs
         ]
         for r, o in zip(runs, options, strict=True):
-            m.check_options(o)
+            m.check_options(o, r.spec)
             Parallel(tp=tp).check(r.spec)
         jobs = [(r.spec, o) for r, o in zip(runs, options, strict=True)]
         if tp > 1:

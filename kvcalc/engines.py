@@ -239,9 +239,10 @@ def _sglang(variant: str, page: int) -> Engine:
     get pools of their own widths (MHATokenToKVPool: head_num, head_dim, v_head_dim per pool).
     Llama-4's chunked layers live in its SWA pool, sized by swa_full_tokens_ratio: not modelled."""
     return Engine(
-        compressed_refusal="SGLang sizes DeepSeek-V4's sliding-window pool at swa_full_tokens_ratio 0.1 of "
-        "its full pool (model_overrides/deepseek_v4.py), with pools per compress ratio; kvcalc does not "
-        "model those pools yet",
+        compressed_refusal="SGLang keeps DeepSeek-V4's sliding-window pages in its radix tree, freed or "
+        "evicted at run time, in a pool sized at swa_full_tokens_ratio 0.1 of the full one "
+        "(mem_cache/deepseek_v4_memory_pool.py, model_overrides/deepseek_v4.py): what one sequence holds "
+        "there is no formula kvcalc can state exactly",
         kind_shapes=True,
         dsa_page=64,
         dsa_formats=("bf16", "fp8_ds_mla"),

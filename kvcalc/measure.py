@@ -27,6 +27,7 @@ import torch  # noqa: E402  (measurement is the one place torch is imported)
 from torch import nn  # noqa: E402
 
 from kvcalc.nn.attention import Attention  # noqa: E402
+from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
 
@@ -106,7 +107,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_options(options: MeasureOptions) -> None:
+def check_options(options: MeasureOptions, spec: ModelSpec | None = None) -> None:
     if options.kv_dtype not in CACHE_DTYPES:
         raise OptionError(
             f"--kv-dtype {options.kv_dtype}: measure stores {', '.join(CACHE_DTYPES)} (torch dtypes)"
@@ -117,6 +118,9 @@ def check_options(options: MeasureOptions) -> None:
             raise OptionError(f"{name}: {value} must be at least 1")
     if options.decode_steps < 0:
         raise OptionError(f"--decode-steps: {options.decode_steps} must be 0 or more")
+    if spec is not None and isinstance(spec.attention, CompressedAttention) and options.tp > 1:
+        raise OptionError(f"--tp {options.tp}: kvcalc's DeepSeek-V4 layer is not sharded for tensor "
+                          "parallelism (every rank would hold the same cache: one K = V head)")
 
 
 def measure(
@@ -126,10 +130,7 @@ def measure(
     """One row: build, allocate, prefill, decode, count. Running out of memory is a reported row
     in one process; under tensor parallelism a rank that fails stops them all (``distributed.py``).
     ``report`` is told each phase as it starts ("prefill 4,088 tokens", "decode 3/8")."""
-    check_options(options)
-    if isinstance(spec.attention, CompressedAttention):
-        raise OptionError(f"measure: {spec.name}: kvcalc has no PyTorch layer for DeepSeek-V4's compressed "
-                          "attention yet")
+    check_options(options, spec)
     parallel = Parallel(tp=options.tp)
     fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
                                  parallel=parallel))
@@ -231,7 +232,13 @@ def make_layer(
     for projections, ones for norms; from ``seed`` when given (on the CPU), so ranks agree."""
     attn = spec.attention_for(kind)
     with torch.device("meta"):
-        if isinstance(attn, MlaAttention):
+        if isinstance(attn, CompressedAttention):
+            csa = kind is LayerKind.COMPRESSED_SPARSE
+            layer = CompressedAttentionLayer(
+                spec.hidden_size, attn.num_heads, attn.head_dim, attn.qk_rope_head_dim // 2 * 2,
+                attn.q_lora_rank, spec.sliding_window, attn.rate(kind), index_head_dim=attn.index_head_dim,
+                index_n_heads=attn.index_n_heads if csa else None, dtype=dtype)
+        elif isinstance(attn, MlaAttention):
             layer = MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
                         attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
                         layout=str(layout), index_n_heads=attn.index_n_heads,

@@ -185,6 +185,17 @@ class CompressedAttention:
 
     variant: ClassVar[str] = "CSA/HCA"
 
+    def weight_count(self, hidden_size: int) -> int:
+        """Parameters of kvcalc's reference layer (``nn/compressed.py``) on a CSA layer, its largest:
+        the query path, the K = V projection and norm, a dense output projection (V4's own is
+        grouped and low-rank: fewer) and both compressors; the indexer's query heads and weights."""
+        heads, d, q = self.num_heads, self.head_dim, self.q_lora_rank
+        attention = hidden_size * q + q + q * heads * d + hidden_size * d + d + heads * d * hidden_size
+        index, index_heads = self.index_head_dim, self.index_n_heads
+        compressors = sum(2 * hidden_size * 2 * w + self.csa_rate * 2 * w + w for w in (d, index))
+        indexer = q * index_heads * index + hidden_size * index + 2 * index + hidden_size * index_heads
+        return attention + compressors + indexer
+
     def rate(self, kind: LayerKind) -> int | None:
         """Tokens per compressed entry on a layer of ``kind`` (None: the window only)."""
         rates = {LayerKind.COMPRESSED_SPARSE: self.csa_rate, LayerKind.HEAVILY_COMPRESSED: self.hca_rate}

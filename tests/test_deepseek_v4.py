@@ -170,7 +170,7 @@ def test_mha_equivalent_gives_every_head_its_own_k_and_v():
 @pytest.mark.parametrize(("engine", "message"), [
     ("vllm", r"vllm@default: vLLM packs DeepSeek-V4's pages of different sizes"),
     ("vllm@flashmla", r"_get_packed_kv_cache_groups"),
-    ("sglang", r"sglang@default: SGLang sizes DeepSeek-V4's sliding-window pool"),
+    ("sglang", r"sglang@default: SGLang keeps DeepSeek-V4's sliding-window pages in its radix tree"),
     ("llama.cpp", r"how llama.cpp caches DeepSeek-V4 \(LLM_ARCH_DEEPSEEK4\) is not modelled"),
     ("reference", r"DeepSeek-V3's inference/model.py does not run DeepSeek-V4"),
     ("transformers@5.14", r"as transformers 5.23 caches it: --engine transformers"),

@@ -13,7 +13,7 @@ from kvcalc.measure import MeasureOptions, measure, resolve_device  # noqa: E402
 
 CPU = torch.device("cpu")
 LAYOUTS = {n: [Layout.LATENT, Layout.DECOMPRESSED] if load_bundled(n).attention.kind == "mla"
-           else [Layout.LATENT] for n in bundled_names() if load_bundled(n).attention.kind != "compressed"}
+           else [Layout.LATENT] for n in bundled_names()}
 
 
 @pytest.mark.parametrize(("name", "layout"), [(n, lay) for n, ls in LAYOUTS.items() for lay in ls])
