@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from kvcalc.engines import Engine, IndexerKeys, MlaCache, WindowRule, get_engine
+from kvcalc import packing
+from kvcalc.engines import CompressedCache, Engine, IndexerKeys, MlaCache, WindowRule, get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
@@ -74,10 +75,13 @@ class Part:
     """Bytes of one row (a token, a compressed entry, a row of compressor state) in one layer."""
     cells: int
     """Rows held for all sequences: tokens after windows, pages and padding; entries; state rows."""
+    page: int | None = None
+    """Tokens per page where the part is paged apart from the engine's page (vLLM's V4)."""
 
     @property
     def values(self) -> int:
-        return math.prod(f.size for f in self.factors)
+        """Values per row (0 for a row of padding, which holds none)."""
+        return math.prod(f.size for f in self.factors) if self.factors else 0
 
     @property
     def bytes_per_token(self) -> int:
@@ -155,13 +159,16 @@ class Row:
     bytes: int
     growth: Growth
     span: int | None
+    page: int | None = None
+    """Tokens per page of this row when it is paged apart from the engine's page (vLLM's V4)."""
 
 
 @dataclass(frozen=True)
 class Group:
     """The layers of one kind (on one GPU), each caching the same rows."""
 
-    kind: LayerKind
+    kind: LayerKind | str
+    """A layer kind, or ``packing.PADDING`` (the unused bytes of vLLM's shared blocks)."""
     layers: int
     rows: tuple[Row, ...]
 
@@ -179,17 +186,18 @@ def _rate(row_bytes: int, growth: Growth, span: int | None) -> int:
     return 0 if growth.per_sequence else row_bytes
 
 
-Term = tuple[Growth, int | None, int]
-"""(growth, span, bytes per row summed over every layer and part that grows so)."""
+Term = tuple[Growth, int | None, int | None, int]
+"""(growth, span, page, bytes per row summed over every layer and part that grows so)."""
 
 
 def _terms(groups: tuple[Group, ...]) -> tuple[Term, ...]:
     """The rows of ``groups`` merged by growth law, so that a length costs one cell count per law."""
-    merged: dict[tuple[Growth, int | None], int] = {}
+    merged: dict[tuple[Growth, int | None, int | None], int] = {}
     for g in groups:
         for r in g.rows:
-            merged[r.growth, r.span] = merged.get((r.growth, r.span), 0) + r.bytes * g.layers
-    return tuple((growth, span, size) for (growth, span), size in merged.items())
+            key = (r.growth, r.span, r.page)
+            merged[key] = merged.get(key, 0) + r.bytes * g.layers
+    return tuple((*key, size) for key, size in merged.items())
 
 
 @dataclass(frozen=True)
@@ -224,7 +232,7 @@ class Curve:
     def monotone(self) -> bool:
         """Whether the cache never shrinks as a sequence grows (a compressor's open window empties
         each time R tokens close into one entry)."""
-        return all(growth is not Growth.OPEN_WINDOW for growth, _, _ in self.whole_terms)
+        return all(growth is not Growth.OPEN_WINDOW for growth, *_ in self.whole_terms)
 
     def peak_per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
         """The most the fullest GPU holds at any length up to ``seq_len``: what a sequence needs to
@@ -237,7 +245,7 @@ class Curve:
         """
         if self.monotone:
             return self.per_gpu_bytes(seq_len, batch)
-        rates = sorted({span for growth, span, _ in self.whole_terms if growth is Growth.OPEN_WINDOW})
+        rates = sorted({span for growth, span, *_ in self.whole_terms if growth is Growth.OPEN_WINDOW})
         period = math.lcm(*rates)
         if sum(period // r for r in rates) > _MAX_PEAK_LENGTHS:
             raise OptionError(f"compress rates {', '.join(map(str, rates))}: their open windows repeat only "
@@ -308,6 +316,8 @@ def _prepared(spec: ModelSpec, options: Options):
                  compressed=compressed)
     if compressed:
         _check_compressed(spec, options)
+        if engine.compressed is CompressedCache.VLLM:
+            return _packed_curve(spec, fmt, engine, options.parallel, options.block_size), None, fmt, 0
     if dsa:
         engine = engine.for_dsa(options.block_size)
         _check_dsa_parallel(engine, options.parallel)
@@ -326,6 +336,46 @@ def _prepared(spec: ModelSpec, options: Options):
     if engine.unifies_pages:
         _check_equal_pages(engine, whole)
     return Curve(engine, par, whole, stages), cache, fmt, mtp
+
+
+def _packed_curve(spec: ModelSpec, fmt: Format, engine: Engine, par: Parallel,
+                  block_size: int | None) -> Curve:
+    """vLLM's DeepSeek-V4: its specs packed into shared blocks (``packing.py``), per pipeline stage;
+    every part is replicated across TP ranks (one K = V head, ``max_tp_shards=1``)."""
+    packing.check(spec.attention, fmt.name, block_size)
+    par.check(spec)
+    kinds = spec.layer_kinds
+    stage_groups = tuple(_packed(spec, kinds[r.start : r.stop]) for r in stages(spec.num_layers, par.pp))
+    return Curve(engine, par, _packed(spec, kinds), stage_groups)
+
+
+def _packed(spec: ModelSpec, kinds: tuple[LayerKind, ...]) -> tuple[Group, ...]:
+    """Each group's specs as rows, bytes per token or entry from the padded page, and the block's
+    bytes beyond the group's own pages as a padding row per token of the group's blocks."""
+    groups, block_bytes = packing.groups(spec.attention, kinds, spec.sliding_window)
+    layers: Counter[tuple[LayerKind | str, Row]] = Counter()  # a spec split across groups: one row
+    for g in groups:
+        state = g.window is not None and g.block != packing.SWA_BLOCK
+        window = Growth.STATE_WINDOW if state else Growth.WINDOW
+        for s, n in g.layers.items():
+            growth = window if s.window else Growth.COMPRESSED
+            row = Row(s.name, s.factors, _per_row(s.page_bytes, s.rows), growth, s.window or s.rate, s.block)
+            layers[s.kind, row] += n
+        pad = block_bytes - g.page_bytes
+        if pad:
+            first = next(iter(g.layers))
+            name = f"block padding beside {sum(g.layers.values())} {first.name} pages"
+            growth = window if g.window else Growth.EVERY
+            row = Row(name, (), _per_row(pad, g.block), growth, g.window, g.block)
+            layers[packing.PADDING, row] += 1
+    return tuple(Group(kind, n, (row,)) for (kind, row), n in layers.items())
+
+
+def _per_row(page_bytes: int, rows: int) -> int:
+    if page_bytes % rows:
+        raise OptionError(f"a vLLM page of {page_bytes:,} B over {rows} rows is not whole bytes per row: "
+                          "not modelled")
+    return page_bytes // rows
 
 
 def _check_compressed(spec: ModelSpec, options: Options) -> None:
@@ -362,13 +412,13 @@ def _row(part: PartPlan, factors: tuple[Factor, ...], fmt: Format, engine: Engin
 
 
 def _bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int) -> int:
-    return sum(size * _cells(engine, growth, span, tokens, seqs) for growth, span, size in terms)
+    return sum(size * _cells(engine, growth, span, tokens, seqs, page) for growth, span, page, size in terms)
 
 
 def _materialise(groups, engine: Engine, tokens: int, seqs: int) -> tuple[Part, ...]:
     return tuple(
         Part(r.name, g.kind, r.growth, r.span, g.layers, r.factors, r.bytes,
-             _cells(engine, r.growth, r.span, tokens, seqs))
+             _cells(engine, r.growth, r.span, tokens, seqs, r.page), r.page)
         for g in groups
         for r in g.rows
     )
@@ -427,23 +477,26 @@ def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
     return engine.mla_cache
 
 
-def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: int) -> int:
+def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: int,
+           page: int | None = None) -> int:
     """Rows one GPU holds in a layer for a part growing as ``growth`` over ``span``, for ``seqs``
-    sequences of ``tokens`` (the compressed laws run unpaged: ``Engine.check`` refuses pages)."""
+    sequences of ``tokens``, in pages of ``page`` tokens (None: the engine's). Compressed entries
+    fill pages of ``page`` tokens, page / R entries each; compressor state runs unpaged."""
+    page = page or engine.page_tokens
     if growth is Growth.COMPRESSED:
-        return tokens // span * seqs
+        return (tokens // span if page == 1 else ceil_div(tokens, page) * (page // span)) * seqs
     if growth is Growth.OPEN_WINDOW:
         return tokens % span * seqs
     if growth is Growth.OPEN_WINDOW_ROOM:
         return min(tokens, span - 1) * seqs
     if growth is Growth.OVERLAP:
         return (span if tokens >= span else 0) * seqs
-    page, pad = engine.page_tokens, engine.context_pad
+    pad = engine.context_pad
     full = _round_up(_round_up(tokens, page) * seqs, pad)
     if growth is Growth.EVERY:
         return full
     window = span
-    rule = engine.window_rule if growth is Growth.WINDOW else engine.chunk_rule
+    rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
     if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
         return _round_up(min(full, window * seqs + 512), pad)
     if rule is WindowRule.CHUNK_PAGES:

@@ -52,6 +52,9 @@ class CompressedCache(StrEnum):
     """One K = V entry per token of the window; compressed entries; room for each compressor's
     longest open window and CSA's last closed window, all in the cache dtype (the DSA indexer key in
     the engine's indexer format)."""
+    VLLM = "vllm"
+    """vLLM 0.33 (FlashMLA, Hopper): fp8_ds_mla entries, fp32 compressor state in sliding windows,
+    all packed into blocks shared by every layer (``packing.py``)."""
     TRANSFORMERS = "transformers"
     """transformers 5.23's DeepseekV4HCACache / DeepseekV4CSACache: as the ideal, but layers that
     only slide keep K and V as two tensors (DynamicSlidingWindowLayer), and the CSA compressors'
@@ -61,6 +64,12 @@ class CompressedCache(StrEnum):
 COMPRESSED_RULES = {
     CompressedCache.IDEAL: "DeepSeek-V4: one K = V tensor per layer; compressed entries; room for each "
     "compressor's longest open window (R - 1 rows of kv and gate) and CSA's last window, in the cache dtype",
+    CompressedCache.VLLM: "DeepSeek-V4 (vLLM 0.33, FlashMLA): fp8_ds_mla entries of 584 B (448 fp8 + 64 "
+    "bf16 RoPE values + 8 scale bytes) for the window (pages of 64 tokens) and the compressed entries (pages "
+    "of 256 tokens: 256 / R entries), indexer keys of 132 B, compressor state as fp32 kv and score rows of a "
+    "window of 8 (CSA) or 128 (HCA) tokens in pages of 4 or 8; every page padded to a multiple of 576 B; "
+    "specs with the same block and window packed into groups whose pages share one block id, each block as "
+    "wide as the widest group (v1/core/kv_cache_planning.py _get_packed_kv_cache_groups)",
     CompressedCache.TRANSFORMERS: "DeepSeek-V4 (DeepseekV4HCACache / DeepseekV4CSACache): layers that only "
     "slide keep K and V as two tensors, the others one K = V; each compressor keeps its open window's "
     "kv and gate rows (seq mod R), CSA's also the last closed window's, its gates in fp32",
@@ -141,7 +150,7 @@ class Engine:
     def _check_compressed(self) -> None:
         if self.compressed is None:
             raise OptionError(f"--engine {self.name}: {self.compressed_refusal} (DeepSeek-V4)")
-        if self.page_tokens != 1:
+        if self.page_tokens != 1 and self.compressed is not CompressedCache.VLLM:  # vLLM's V4 pages its own
             raise OptionError(f"--block-size {self.page_tokens}: how pages hold DeepSeek-V4's compressed "
                               "entries and compressor state is not modelled")
 
@@ -204,9 +213,7 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
     hybrid KV-cache manager on by default): ``ChunkedLocalAttentionManager`` frees the pages before
     the current chunk (v1/core/single_type_kv_cache_manager.py)."""
     return Engine(
-        compressed_refusal="vLLM packs DeepSeek-V4's pages of different sizes (584-B entries in pages of 64 "
-        "and 256 tokens, fp32 compressor state) into shared blocks (v1/core/kv_cache_planning.py "
-        "_get_packed_kv_cache_groups); kvcalc does not model that packing yet",
+        compressed=CompressedCache.VLLM,
         shares_layers=True,
         chunk_rule=WindowRule.CHUNK_PAGES,
         kind_shapes=True,

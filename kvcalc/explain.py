@@ -8,8 +8,9 @@ Pure text: the CLI decides where it goes.
 from __future__ import annotations
 
 from kvcalc.analytic import COMPRESSED_LAYOUT, INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
-from kvcalc.engines import COMPRESSED_RULES, Engine, WindowRule
+from kvcalc.engines import COMPRESSED_RULES, CompressedCache, Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
+from kvcalc.packing import PADDING
 from kvcalc.parallel import ceil_div
 from kvcalc.plan import INDEXER_KEY, Growth
 from kvcalc.spec import LayerKind, ModelSpec
@@ -28,7 +29,9 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
     groups = _groups(fp)
     lines += ["", "Cached per token and layer:"]
     lines += _width_lines(fp.parts)
-    lines += ["", f"Bytes per token, {_format_rule(fmt)}:"]
+    packed = fp.engine.compressed is CompressedCache.VLLM and fp.layout == COMPRESSED_LAYOUT
+    rule = "fp8_ds_mla (vLLM's DeepSeek-V4 pages)" if packed else _format_rule(fmt)
+    lines += ["", f"Bytes per token, {rule}:"]
     for parts in groups.values():
         lines += _group_lines(fp, fmt, parts, labelled=len(groups) > 1)
     if len(groups) > 1:
@@ -37,10 +40,12 @@ def explain(spec: ModelSpec, fp: Footprint, mha: Footprint, *, with_totals: bool
         lines.append(f"  {shared}")
     if fp.engine.name != "ideal":
         mla = (fp.engine.mla_rule,) if fp.attention.startswith("MLA") else ()
+        rules = fp.engine.rules
         if fp.engine.compressed and fp.layout == COMPRESSED_LAYOUT:
             mla = (COMPRESSED_RULES[fp.engine.compressed],)
+            rules = () if packed else rules  # its own pages: the profile's others do not apply
         lines += ["", f"Engine {fp.engine.name}, after {fp.engine.source}:"]
-        lines += [f"  - {rule}" for rule in (*mla, *fp.engine.rules)]
+        lines += [f"  - {rule}" for rule in (*mla, *rules)]
     if with_totals:
         lines += ["", *_total_lines(fp, groups)]
     if not fp.parallel.is_single_gpu:
@@ -80,7 +85,8 @@ def _width_lines(all_parts: tuple[Part, ...]) -> list[str]:
     """Each part's width, once for all layers when every kind caches the same shape."""
     groups: dict[LayerKind, list[Part]] = {}
     for part in all_parts:
-        groups.setdefault(part.layer_kind, []).append(part)
+        if part.factors:  # not a row of vLLM's block padding
+            groups.setdefault(part.layer_kind, []).append(part)
     shapes = {kind: [(p.name, p.factors) for p in parts] for kind, parts in groups.items()}
     first = next(iter(groups.values()))
     if len({tuple(s) for s in shapes.values()}) == 1:
@@ -141,6 +147,8 @@ def _values_expr(parts: list[Part]) -> str:
 
 
 def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
+    if part.page is not None:
+        return _page_text(part)
     if part.name == INDEXER_KEY and part.bytes_per_token_layer == indexer_fp8_bytes(part.values):
         scales = ceil_div(part.values, INDEXER_SCALE_GROUP)
         return (f"{part.values} fp8 values × 1 B + {scales} fp32 scale{'s' * (scales > 1)} × 4 B "
@@ -170,15 +178,31 @@ _SPAN_TEXT = {
     Growth.OPEN_WINDOW: "compressor's open window of {:,}",
     Growth.OPEN_WINDOW_ROOM: "compressor's open window of {:,}",
     Growth.OVERLAP: "compressor's last window of {:,}",
+    Growth.STATE_WINDOW: "compressor state of the last {:,} tokens",
 }
+
+
+def _page_text(part: Part) -> str:
+    """A row of vLLM's DeepSeek-V4 pages: the padded page over the rows it holds."""
+    entries = part.growth is Growth.COMPRESSED
+    rows = part.page // part.span if entries else part.page
+    unit = "entry" if entries else "token"
+    page = part.bytes_per_token_layer * rows
+    if not part.factors:
+        return (f"{page:,} B of each {part.page}-token block beyond the group's pages = "
+                f"{part.bytes_per_token_layer:,} B per token")
+    units = unit if rows == 1 else "entries" if entries else "tokens"
+    return (f"a {page:,}-B page (padded to a multiple of 576 B) of {rows} {units} "
+            f"= {part.bytes_per_token_layer:,} B per {unit}")
 
 
 def _kind_text(part: Part) -> str:
     """``full layers``, ``sliding layers (window 4,096)``, ``chunked layers (chunk 8,192)``,
     ``compressed_sparse layers (one entry per 4 tokens)``."""
+    layers = part.layer_kind if part.layer_kind == PADDING else f"{part.layer_kind} layers"
     if part.growth is Growth.EVERY:
-        return f"{part.layer_kind} layers"
-    return f"{part.layer_kind} layers ({_SPAN_TEXT[part.growth].format(part.span)})"
+        return layers
+    return f"{layers} ({_SPAN_TEXT[part.growth].format(part.span)})"
 
 
 def _layers_text(fp: Footprint, kind: LayerKind, layers: int) -> str:
@@ -207,8 +231,13 @@ def _held_text(fp: Footprint, part: Part, cells: int) -> str:
     """``cells`` explained: tokens, windows, chunks, pages, padding, entries, state rows."""
     batch = f" × batch {fp.batch}" if fp.batch > 1 else ""
     seq, span = fp.seq_len, part.span
+    page = part.page or fp.engine.page_tokens
     if part.growth is Growth.COMPRESSED:
-        return f"floor({seq:,} / {span:,}) = {seq // span:,} entries{batch}"
+        held = f"floor({seq:,} / {span:,}) = {seq // span:,} entries{batch}"
+        if cells == seq // span * fp.batch:
+            return held
+        pages = f"{ceil_div(seq, page):,} pages of {page} tokens, {page // span} entries each"
+        return f"{held} → {cells:,} ({pages})"
     if part.growth is Growth.OPEN_WINDOW:
         return f"({seq:,} mod {span:,}) = {seq % span:,} row{'s' * (seq % span != 1)}{batch}"
     if part.growth is Growth.OPEN_WINDOW_ROOM:
@@ -225,23 +254,23 @@ def _held_text(fp: Footprint, part: Part, cells: int) -> str:
         held = f"min({fp.seq_len:,}, {part.span:,}) = {tokens:,} tokens{batch}"
     if cells == tokens * fp.batch:
         return held
-    return f"{held} → {cells:,} cells ({_cell_rule(fp.engine, part.growth)})"
+    return f"{held} → {cells:,} cells ({_cell_rule(fp.engine, part.growth, page)})"
 
 
-def _cell_rule(engine: Engine, growth: Growth) -> str:
-    span = "window" if growth is Growth.WINDOW else "chunk"
-    rule = engine.window_rule if growth is Growth.WINDOW else engine.chunk_rule
+def _cell_rule(engine: Engine, growth: Growth, page: int) -> str:
+    span = "chunk" if growth is Growth.CHUNK else "window"
+    rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
     if growth is not Growth.EVERY and rule is WindowRule.WINDOW_MINUS_ONE:
         return f"the last {span} - 1 tokens"
     if growth is not Growth.EVERY and rule is WindowRule.UBATCH:
         return f"{span} × sequences + 512, padded to 256"
-    if growth is Growth.WINDOW and rule is WindowRule.PAGE_SPAN:
-        return f"the {engine.page_tokens}-token pages spanning the window"
+    if growth is not Growth.CHUNK and rule is WindowRule.PAGE_SPAN:
+        return f"the {page}-token pages spanning the window"
     if growth is Growth.CHUNK and rule is WindowRule.CHUNK_PAGES:
-        return f"the most {engine.page_tokens}-token pages one chunk spans"
+        return f"the most {page}-token pages one chunk spans"
     if engine.context_pad > 1:
         return f"padded to {engine.context_pad}"
-    return f"whole pages of {engine.page_tokens}"
+    return f"whole pages of {page}"
 
 
 def _gpu_lines(fp: Footprint, with_totals: bool) -> list[str]:

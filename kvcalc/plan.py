@@ -36,13 +36,15 @@ class Growth(StrEnum):
     keeps exactly these, so its cache shrinks when a window closes)."""
     OPEN_WINDOW_ROOM = "room for the compressor's longest open window"
     """min(seq, R - 1): a buffer that holds any open window up to this length."""
+    STATE_WINDOW = "state rows of the last W tokens"
+    """vLLM's DeepSeek-V4 compressor state: a row per token of a short window, in pages."""
     OVERLAP = "the last closed window"
     """R once a window has closed, else 0: CSA's overlapping windows reread the previous one."""
 
     @property
     def per_sequence(self) -> bool:
         """Bounded by the span whatever the length: state, not a cache that grows."""
-        return self in (Growth.OPEN_WINDOW, Growth.OPEN_WINDOW_ROOM, Growth.OVERLAP)
+        return self in (Growth.OPEN_WINDOW, Growth.OPEN_WINDOW_ROOM, Growth.OVERLAP, Growth.STATE_WINDOW)
 
 
 class Split(StrEnum):

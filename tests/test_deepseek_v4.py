@@ -168,8 +168,6 @@ def test_mha_equivalent_gives_every_head_its_own_k_and_v():
 
 
 @pytest.mark.parametrize(("engine", "message"), [
-    ("vllm", r"vllm@default: vLLM packs DeepSeek-V4's pages of different sizes"),
-    ("vllm@flashmla", r"_get_packed_kv_cache_groups"),
     ("sglang", r"sglang@default: SGLang keeps DeepSeek-V4's sliding-window pages in its radix tree"),
     ("llama.cpp", r"how llama.cpp caches DeepSeek-V4 \(LLM_ARCH_DEEPSEEK4\) is not modelled"),
     ("reference", r"DeepSeek-V3's inference/model.py does not run DeepSeek-V4"),
@@ -298,3 +296,90 @@ def test_import_writes_a_spec_that_reads_back_the_same(cli, tmp_path, name):
     for engine in (None, "transformers"):
         options = Options(50_001, engine=engine)
         assert footprint(again, options).total_bytes == footprint(spec, options).total_bytes
+
+
+# vLLM 0.33 (FlashMLA on Hopper) packs V4-Flash into five groups sharing blocks of 1,002,240 B: the
+# 43 windows' K = V split 22 / 21 (pages of 64 tokens, 37,440 B), the 62 compressed-entry and
+# indexer pages (256 tokens; the widest: 21 x 37,440 + 20 x 1,728 + 21 x 8,640), the 42 CSA state
+# pages (4 tokens, window 8) and the 20 HCA state pages (8 tokens, window 128).
+FLASH_BLOCK = 21 * 37_440 + 20 * 1_728 + 21 * 8_640
+FLASH_GROUPS = [(64, 128), (64, 128), (256, None), (4, 8), (8, 128)]
+
+
+def held_blocks(tokens: int, block: int, window: int | None) -> int:
+    """Blocks a group holds while a sequence's last token is computed, as vLLM's managers count
+    them (single_type_kv_cache_manager.py): cdiv(N, B) allocated for N = tokens slots, less the
+    blocks wholly before the window of the P = tokens - 1 processed (skipped: P - W + 1)."""
+    allocated = -(-tokens // block)
+    return allocated if window is None else allocated - max(0, tokens - 1 - window + 1) // block
+
+
+def vllm(seq: int, **options) -> Options:
+    return Options(seq, kv_dtype="fp8_ds_mla", engine="vllm", **options)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(seq=st.integers(1, 5000), batch=st.integers(1, 3))
+def test_vllm_holds_whole_blocks_of_every_group(seq, batch):
+    spec = load_bundled("deepseek-v4-flash")
+    blocks = sum(held_blocks(seq, block, window) for block, window in FLASH_GROUPS)
+    assert footprint(spec, vllm(seq, batch=batch)).total_bytes == blocks * FLASH_BLOCK * batch
+
+
+def test_vllm_figures_at_1000_and_128k_tokens():
+    spec = load_bundled("deepseek-v4-flash")
+    assert FLASH_BLOCK == 1_002_240
+    assert footprint(spec, vllm(1000)).total_bytes == (3 + 3 + 4 + 2 + 16) * 1_002_240
+    assert footprint(spec, vllm(131_072)).total_bytes == (2 + 2 + 512 + 2 + 16) * 1_002_240
+
+
+def test_vllm_packs_v4_pro_in_wider_blocks():
+    """61 layers: the windows split 31 / 30, the 91 entry pages the widest group."""
+    from kvcalc.packing import groups
+
+    spec = load_bundled("deepseek-v4-pro")
+    found, block = groups(spec.attention, spec.layer_kinds, spec.sliding_window)
+    assert block == 30 * 37_440 + 31 * 1_728 + 30 * 8_640 == 1_435_968
+    assert sorted(g.page_bytes for g in found) == sorted([31 * 37_440, 30 * 37_440, block,
+                                                          30 * (32_832 + 8_640), 31 * 32_832])
+    seq = 50_000
+    blocks = 2 * held_blocks(seq, 64, 128) + held_blocks(seq, 256, None) + held_blocks(seq, 4, 8) + held_blocks(
+        seq, 8, 128)
+    assert footprint(spec, vllm(seq)).total_bytes == blocks * block
+
+
+def test_vllm_packs_each_pipeline_stage_apart():
+    """pp 2: 22 and 21 layers, each stage its own groups; the second's windows split 11 / 10 and
+    its entry pages (11 CSA, 10 HCA, 11 indexer) are the widest."""
+    spec = load_bundled("deepseek-v4-flash")
+    fp = footprint(spec, vllm(131_072, parallel=Parallel(pp=2)))
+    second = 11 * 37_440 + 10 * 1_728 + 11 * 8_640
+    first = 10 * 37_440 + 10 * 1_728 + 10 * 8_640  # 22 layers: 2 only slide
+    assert fp.per_gpu_bytes == (2 + 2 + 512 + 2 + 16) * max(first, second)
+    assert footprint(spec, vllm(131_072, parallel=Parallel(tp=8))).per_gpu_bytes == fp.total_bytes
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (Options(1000, engine="vllm"), r"--kv-dtype bf16: vLLM's FlashMLA \(Hopper\) stores DeepSeek-V4 as fp8_ds_mla"),
+    (vllm(1000, block_size=64), r"--block-size 64: vLLM runs DeepSeek-V4 with blocks of 256 tokens"),
+])
+def test_what_vllm_does_not_run_is_refused(options, message):
+    with pytest.raises(OptionError, match=message):
+        footprint(load_bundled("deepseek-v4-flash"), options)
+
+
+def test_vllm_runs_only_the_published_shape():
+    spec = tiny_spec(["sliding", "compressed_sparse"], 4, 128, 8)
+    with pytest.raises(OptionError, match=r"vLLM runs DeepSeek-V4 with head_dim 512 \(64 RoPE\)"):
+        footprint(spec, vllm(100))
+
+
+def test_vllm_explains_pages_and_padding(cli):
+    status, out, _ = cli("show", "deepseek-v4-flash", "--engine", "vllm", "--kv-dtype", "fp8_ds_mla", "--seq", "1000",
+                         "--explain")
+    assert status == 0
+    assert "K = V: a 37,440-B page (padded to a multiple of 576 B) of 64 tokens = 585 B per token" in out
+    assert ("block padding beside 20 compressor state pages: 345,600 B of each 8-token block beyond the group's "
+            "pages = 43,200 B per token") in out
+    assert "7 entries → 8 (4 pages of 256 tokens, 2 entries each)" in out
+    assert "total: 28,062,720 B" in out
