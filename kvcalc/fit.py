@@ -24,7 +24,7 @@ from kvcalc.analytic import Curve, Options, curve
 from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel
-from kvcalc.spec import ModelSpec
+from kvcalc.spec import CompressedAttention, ModelSpec
 
 GIB = 1 << 30
 
@@ -145,7 +145,8 @@ def fit(
                    mem_util=mem_util, reserve_bytes=reserve_bytes)
     usable, weights, reserve, budget = b.usable_bytes, b.weights_bytes_per_gpu, b.reserve_bytes, b.kv_bytes
     rate = c.per_gpu_bytes_per_token
-    page = c.engine.page_tokens
+    compressed = isinstance(spec.attention, CompressedAttention)
+    page = 1 if compressed else c.engine.page_tokens  # DeepSeek-V4's parts are paged each their own way
     fits = budget > 0
     max_tokens = budget // (page * rate) * page if fits else 0
 
@@ -217,7 +218,13 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
             f"the weights alone ({weights / GIB:.1f} GiB per GPU) leave no KV budget in "
             f"{usable / GIB:.1f} GiB usable minus {reserve / GIB:.1f} GiB reserve{more}"
         )
-    if spec.layer_counts["sliding"]:
+    if isinstance(spec.attention, CompressedAttention):
+        notes.append(
+            "tokens that fit count every layer's window whole and compressed entries at 1/R (the "
+            "full-context rate); windows, compressor state and block padding are bounded per sequence, "
+            "so concurrency and context are computed on the real cache"
+        )
+    elif spec.layer_counts["sliding"]:
         notes.append(
             "tokens that fit count every layer (the full-context rate); sliding layers hold at most "
             "their window, so concurrency and context are computed on the real cache"

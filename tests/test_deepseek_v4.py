@@ -383,3 +383,13 @@ def test_vllm_explains_pages_and_padding(cli):
             "pages = 43,200 B per token") in out
     assert "7 entries → 8 (4 pages of 256 tokens, 2 entries each)" in out
     assert "total: 28,062,720 B" in out
+
+
+def test_fit_counts_sequences_in_whole_blocks():
+    from kvcalc.fit import fit
+
+    spec = load_bundled("deepseek-v4-flash")
+    result = fit(spec, vllm(131_072, parallel=Parallel(tp=8)), gpu_name="H200", gpu_mem_bytes=141 * 10**9)
+    per_sequence = (2 + 2 + 512 + 2 + 16) * FLASH_BLOCK  # replicated on every TP rank
+    assert result.max_concurrency == result.kv_budget_bytes_per_gpu // per_sequence > 0
+    assert result.page_tokens == 1
