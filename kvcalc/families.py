@@ -310,6 +310,7 @@ FAMILIES: dict[str, Family] = {
                                       "num_key_value_heads": 4}),
     "deepseek_v4": Family(_cfg("deepseek_v4"), deepseek_v4, compressed=True, counts_params=False,
                           defaults={"head_dim": 512, "q_lora_rank": 1024, "sliding_window": 128,
+                                    "compress_ratios": None,  # absent: the class's own layout, said
                                     "index_head_dim": 128, "index_n_heads": 64, "num_key_value_heads": 1,
                                     "num_nextn_predict_layers": 1}),
     "minicpm3": Family(_cfg("minicpm3"), mla=True,

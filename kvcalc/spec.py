@@ -308,9 +308,11 @@ class ModelSpec:
             others = (LayerKind.FULL, LayerKind.CHUNKED, LayerKind.SHARED)
             other = next((k for k in others if counts[k]), None)
             if other is not None:
-                raise ValueError(f"{counts[other]} layers are {other}, but compressed attention "
-                                 "(DeepSeek-V4) has sliding, compressed_sparse and heavily_compressed "
-                                 "layers only")
+                key = "layer_types" if self.layer_pattern is None else "layer_pattern"
+                given = "" if self.layer_types or self.layer_pattern else " (none given: every layer full)"
+                raise ValueError(f"{key}: {counts[other]} layers are {other}{given}, but compressed "
+                                 "attention (DeepSeek-V4) has sliding, compressed_sparse and "
+                                 "heavily_compressed layers only")
             if self.layer_attention:
                 raise ValueError("layer_attention: compressed attention takes one shape for every layer")
         elif compressed:

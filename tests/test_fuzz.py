@@ -80,12 +80,12 @@ HF_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_emb
              "first_k_dense_replace", "attention_chunk_size", "no_rope_layer_interval", "global_head_dim",
              "num_global_key_value_heads", "sliding_window_size", "swa_num_key_value_heads", "swa_head_dim",
              "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset", "index_head_dim", "index_n_heads",
-             "index_topk", "num_kv_shared_layers"}
+             "index_topk", "num_kv_shared_layers", "compress_rate_csa", "compress_rate_hca"}
 # Fields of structure (lists, mappings, modes) where several of the mutations are real values
 # ([] no_rope_layers: the default layout; {} per_layer_config: no override): any outcome that is a
 # figure or a one-line error naming the field is right.
 HF_STRUCTURED = {"no_rope_layers", "per_layer_config", "indexer_types", "index_topk_pattern",
-                 "use_bidirectional_attention"}
+                 "use_bidirectional_attention", "compress_ratios", "compress_rates"}
 HF_READ = HF_COUNTS | FLAGS | HF_STRUCTURED | {"model_type", "topk_method", "layer_types", "text_config"}
 HF_REQUIRED = {"num_hidden_layers", "n_layer", "hidden_size", "num_attention_heads", "n_head", "text_config"}
 # Fields that change the parameter count or a label, never bytes_per_token.
