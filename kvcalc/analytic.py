@@ -64,7 +64,8 @@ class Part:
     layers of one kind."""
 
     name: str
-    layer_kind: LayerKind
+    layer_kind: LayerKind | str
+    """A layer kind, or ``packing.PADDING`` (vLLM's block padding)."""
     growth: Growth
     span: int | None
     """The window, chunk or compress rate of ``growth`` (None: every token)."""
@@ -212,8 +213,9 @@ class Curve:
     parallel: Parallel
     whole: tuple[Group, ...]
     stages: tuple[tuple[Group, ...], ...]
-    whole_terms: tuple[Term, ...] = ()
-    stage_terms: tuple[tuple[Term, ...], ...] = ()
+    whole_terms: tuple[Term, ...] = field(init=False)
+    """``whole`` merged by growth law (``_terms``): what an evaluation sums."""
+    stage_terms: tuple[tuple[Term, ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "whole_terms", _terms(self.whole))
@@ -288,8 +290,7 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         model=spec.name,
         display_name=spec.display_name,
         attention=spec.attention.variant,
-        layout=str(cache) if cache else COMPRESSED_LAYOUT if c.engine.compressed and isinstance(
-            spec.attention, CompressedAttention) else STANDARD_LAYOUT,
+        layout=_layout_name(spec, cache),
         kv_dtype=fmt.name,
         engine=c.engine,
         seq_len=options.seq_len,
@@ -300,6 +301,12 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         gpu_parts=gpu,
         notes=tuple(_notes(spec, cache, par, options, mtp)),
     )
+
+
+def _layout_name(spec: ModelSpec, cache: MlaCache | None) -> str:
+    if cache is not None:
+        return str(cache)
+    return COMPRESSED_LAYOUT if isinstance(spec.attention, CompressedAttention) else STANDARD_LAYOUT
 
 
 def _prepared(spec: ModelSpec, options: Options):

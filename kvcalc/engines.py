@@ -17,6 +17,8 @@ Sources, per profile:
   (V a view of K) since January 2026.
 - transformers ``cache_utils.py``: ``DynamicCache`` grows per token; sliding layers keep the last
   ``sliding_window - 1`` tokens. DeepSeek MLA is cached decompressed up to 5.14, latent from 5.15.
+- DeepSeek-V4: transformers 5.23's ``DeepseekV4HCACache`` / ``DeepseekV4CSACache``; vLLM 0.33's
+  ``models/deepseek_v4/`` specs, packed by ``v1/core/kv_cache_planning.py`` (``packing.py``).
 - DeepSeek-V3 ``inference/model.py``: ``attn_impl="absorb"`` caches the latent and rope key,
   ``"naive"`` per-head K and V; bf16, preallocated for ``max_seq_len`` (here: the requested length).
 """
