@@ -321,6 +321,8 @@ def _prepared(spec: ModelSpec, options: Options):
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
                  chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
                  compressed=compressed)
+    windowed = bool(counts[LayerKind.SLIDING] or counts[LayerKind.CHUNKED])
+    engine = engine.for_architecture(spec.architecture, windowed)
     if compressed:
         _check_compressed(spec, options)
         if engine.compressed is CompressedCache.VLLM:
@@ -504,6 +506,8 @@ def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: 
         return full
     window = span
     rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
+    if rule is WindowRule.ALL:  # no window kept apart: the layer holds every token
+        return full
     if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
         return _round_up(min(full, window * seqs + 512), pad)
     if rule is WindowRule.CHUNK_PAGES:

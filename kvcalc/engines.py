@@ -86,6 +86,7 @@ class WindowRule(StrEnum):
     PAGE_SPAN = "page-span"  # the pages spanned by the last `window` tokens: vLLM
     UBATCH = "ubatch"  # pad(min(context, window * sequences + 512), 256): llama.cpp
     CHUNK_PAGES = "chunk-pages"  # the most pages one chunk spans: vLLM's chunked local attention
+    ALL = "all"  # every token: the engine keeps no window apart (SGLang outside its hybrid SWA list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,10 @@ class Engine:
     compressed: CompressedCache | None = None
     """How it holds DeepSeek-V4's cache; None: not modelled, ``compressed_refusal`` says why."""
     compressed_refusal: str = "how it caches DeepSeek-V4's compressed attention is not modelled"
+    hybrid_swa: frozenset[str] | None = None
+    """The architectures whose sliding layers the engine holds apart (SGLang's hybrid SWA pool); every
+    other architecture's sliding layers hold every token. None: the engine does not choose by
+    architecture."""
     unifies_pages: bool = False
     """vLLM: layers whose pages differ in bytes get their block sizes scaled or pages padded to one
     size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
@@ -148,6 +153,21 @@ class Engine:
         if shared and not self.shares_layers:
             raise OptionError(f"--engine {self.name}: how it caches layers that share another layer's "
                               "cache (num_kv_shared_layers) is not modelled")
+
+    def for_architecture(self, architecture: str | None, windowed: bool) -> Engine:
+        """This profile for a model of ``architecture`` with sliding or chunked layers (``windowed``):
+        SGLang keeps a window apart only for the architectures it lists."""
+        if self.hybrid_swa is None or not windowed:
+            return self
+        if architecture is None:
+            raise OptionError(f"--engine {self.name}: it keeps a sliding window apart only for the "
+                              "architectures it lists (srt/configs/model_config.py is_hybrid_swa_model); "
+                              "this spec names none: give its `architecture` (the config's architectures)")
+        if architecture in self.hybrid_swa:
+            return self
+        return replace(self, window_rule=WindowRule.ALL, chunk_rule=WindowRule.ALL, rules=(
+            *self.rules, f"{architecture} is not in its hybrid SWA list (srt/configs/model_config.py "
+            "is_hybrid_swa_model): one KV pool for every layer, sliding layers hold every token"))
 
     def _check_compressed(self) -> None:
         if self.compressed is None:
@@ -240,6 +260,19 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
     )
 
 
+SGLANG_HYBRID_SWA = frozenset({
+    "GptOssForCausalLM", "GraniteSWAForCausalLM", "GraniteMoeSWAForCausalLM", "IQuestQ1ForCausalLM",
+    "Llama4ForConditionalGeneration", "DeepseekV4ForCausalLM", "MiMoV2ForCausalLM", "MiMoV2FlashForCausalLM",
+    "Step3p5ForCausalLM", "Step3p7ForConditionalGeneration", "Gemma4ForCausalLM",
+    "Gemma4ForConditionalGeneration", "Gemma4UnifiedForConditionalGeneration", "BeamForCausalLM",
+    "LagunaForCausalLM", "MellumForCausalLM", "MuseGlimmerForCausalLM", "MuseGlimmerForConditionalGeneration",
+    "InklingForConditionalGeneration", "UnlimitedOCRForCausalLM",
+})
+"""SGLang 0.5.23's hybrid SWA architectures (srt/configs/model_config.py ``is_hybrid_swa_model``):
+only these get a pool of their own for sliding layers. Gemma-2/3/3n are not among them (and
+model_overrides/gemma2_gemma3.py turns hybrid SWA memory off for them besides)."""
+
+
 def _sglang(variant: str, page: int) -> Engine:
     """SGLang's DSATokenToKVPool: pages forced to 64, latent in bf16 or (Hopper, fp8_e4m3) the
     656-B packing, indexer keys 132 B (mem_cache/memory_pool.py, mem_cache/index_key_cache.py).
@@ -248,6 +281,7 @@ def _sglang(variant: str, page: int) -> Engine:
     get pools of their own widths (MHATokenToKVPool: head_num, head_dim, v_head_dim per pool).
     Llama-4's chunked layers live in its SWA pool, sized by swa_full_tokens_ratio: not modelled."""
     return Engine(
+        hybrid_swa=SGLANG_HYBRID_SWA,
         compressed_refusal="SGLang keeps DeepSeek-V4's sliding-window pages in its radix tree, freed or "
         "evicted at run time, in a pool sized at swa_full_tokens_ratio 0.1 of the full one "
         "(mem_cache/deepseek_v4_memory_pool.py, model_overrides/deepseek_v4.py): what one sequence holds "

@@ -260,6 +260,8 @@ def _held_text(fp: Footprint, part: Part, cells: int) -> str:
 def _cell_rule(engine: Engine, growth: Growth, page: int) -> str:
     span = "chunk" if growth is Growth.CHUNK else "window"
     rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
+    if rule is WindowRule.ALL:
+        return f"every token: no {span} kept apart"
     if growth is not Growth.EVERY and rule is WindowRule.WINDOW_MINUS_ONE:
         return f"the last {span} - 1 tokens"
     if growth is not Growth.EVERY and rule is WindowRule.UBATCH:

@@ -110,6 +110,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "name": name,
         "display_name": _display_name(data, name),
         "source": origin,
+        "architecture": _architecture(data, origin),
         "num_layers": layers,
         "hidden_size": hidden,
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
@@ -515,6 +516,19 @@ def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _architecture(data: dict, origin: str) -> str | None:
+    """The model class the config names first (``architectures``; a wrapper's, not its text model's:
+    engines pick their rules by the class they load)."""
+    names = data.get("architectures")
+    if names is None:
+        return None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise SpecError(f"{origin}: architectures: {_show(names)}: expected a list of model class names")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", names[0]):
+        raise SpecError(f"{origin}: architectures: {_show(names[0])}: not a model class name")
+    return names[0]
 
 
 def _display_name(data: dict, name: str) -> str:

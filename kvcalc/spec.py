@@ -227,6 +227,9 @@ class ModelSpec:
     display_name: str
     source: str | None = None
     """URL (or path) of the published config the numbers were read from."""
+    architecture: str | None = None
+    """The model class the config names (its ``architectures``, e.g. ``Gemma3ForConditionalGeneration``):
+    engines that choose rules per architecture read it (SGLang's sliding-window pool)."""
     num_layers: int
     """Attention layers, each with its own cache."""
     sublayers: int = 1
@@ -376,7 +379,8 @@ class ModelSpec:
         data["layer_attention"] = {
             str(kind): {"kind": a.kind, **asdict(a)} for kind, a in self.layer_attention.items()
         }
-        for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None)):
+        for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None),
+                             ("architecture", None)):
             if data[key] == default:
                 del data[key]
         for key in ("layer_pattern", "layer_types"):

@@ -103,3 +103,45 @@ def test_reference_modes():
 def test_engine_errors(model, options, message):
     with pytest.raises(OptionError, match=message):
         fp(model, 10, **options)
+
+
+# SGLang 0.5.23 keeps sliding layers apart (its hybrid SWA pool) only for the architectures
+# srt/configs/model_config.py ``is_hybrid_swa_model`` lists; every other model runs one KV pool
+# across all layers, so its sliding layers hold every token (Gemma-2/3 besides have hybrid SWA
+# memory turned off by model_overrides/gemma2_gemma3.py).
+@pytest.mark.parametrize(("name", "per_token"), [
+    ("gemma-3-27b", 2 * 16 * 128 * 2 * 62),  # 52 sliding + 10 full layers, all of every token
+    ("gemma-2-9b", 2 * 8 * 256 * 2 * 42),
+    ("mistral-7b-v0.1", 2 * 8 * 128 * 2 * 32),
+    ("phi-3-mini-4k", 2 * 32 * 96 * 2 * 32),
+])
+def test_sglang_holds_every_token_outside_its_hybrid_swa_list(name, per_token):
+    seq = 32_768
+    assert fp(name, seq, engine="sglang").total_bytes == per_token * seq
+    assert fp(name, seq).total_bytes < per_token * seq  # the ideal holds only the windows
+
+
+def test_sglang_keeps_windows_apart_for_the_architectures_it_lists():
+    seq = 32_768
+    assert fp("gpt-oss-120b", seq, engine="sglang").total_bytes == fp("gpt-oss-120b", seq).total_bytes
+    assert "GptOssForCausalLM" in get_engine("sglang").hybrid_swa
+
+
+def test_sglang_explains_why_a_sliding_layer_holds_every_token():
+    from kvcalc.analytic import mha_equivalent
+    from kvcalc.explain import explain
+
+    spec = load_bundled("gemma-3-27b")
+    options = Options(32_768, engine="sglang")
+    text = "\n".join(explain(spec, footprint(spec, options), mha_equivalent(spec, options), with_totals=True))
+    assert "Gemma3ForConditionalGeneration is not in its hybrid SWA list" in text
+    assert "→ 32,768 cells (every token: no window kept apart)" in text
+
+
+def test_sglang_needs_the_architecture_of_a_sliding_model():
+    spec = load_bundled("gemma-3-27b").replace(architecture=None)
+    with pytest.raises(OptionError, match=r"sglang@default: it keeps a sliding window apart only for the "
+                                          r"architectures it lists .* give its `architecture`"):
+        footprint(spec, Options(1000, engine="sglang"))
+    assert footprint(load_bundled("llama-3.1-8b").replace(architecture=None),
+                     Options(1000, engine="sglang")).total_bytes == 131_072 * 1000  # no window: no question

@@ -85,7 +85,7 @@ HF_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_emb
 # ([] no_rope_layers: the default layout; {} per_layer_config: no override): any outcome that is a
 # figure or a one-line error naming the field is right.
 HF_STRUCTURED = {"no_rope_layers", "per_layer_config", "indexer_types", "index_topk_pattern",
-                 "use_bidirectional_attention", "compress_ratios", "compress_rates"}
+                 "use_bidirectional_attention", "compress_ratios", "compress_rates", "architectures"}
 HF_READ = HF_COUNTS | FLAGS | HF_STRUCTURED | {"model_type", "topk_method", "layer_types", "text_config"}
 HF_REQUIRED = {"num_hidden_layers", "n_layer", "hidden_size", "num_attention_heads", "n_head", "text_config"}
 # Fields that change the parameter count or a label, never bytes_per_token.

@@ -216,3 +216,14 @@ def test_more_families(tmp_path, config, bytes_per_token):
     spec = load(tmp_path, config)
     assert spec.sliding_window is None
     assert footprint(spec, Options(1)).bytes_per_token == bytes_per_token
+
+
+def test_architecture_is_the_first_class_the_config_names(tmp_path):
+    assert load(tmp_path, LLAMA_31_8B).architecture == "LlamaForCausalLM"
+    assert load(tmp_path, MIXTRAL).architecture is None
+
+
+@pytest.mark.parametrize("value", ["LlamaForCausalLM", [], [3], ["not a class"]])
+def test_architectures_of_the_wrong_shape_are_refused(tmp_path, value):
+    with pytest.raises(SpecError, match=r"config.json: architectures: .*(expected a list|not a model class)"):
+        load(tmp_path, {**LLAMA_31_8B, "architectures": value})
