@@ -99,7 +99,7 @@ OutputOpt = Annotated[
     typer.Option("--output", "-o", help="Write to FILE (atomically) instead of stdout."),
 ]
 KvDtypeOpt = Annotated[
-    str, typer.Option("--kv-dtype", help=f"Cache storage format: {', '.join(FORMATS)}.")
+    str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"Cache storage format: {', '.join(FORMATS)}.")
 ]
 LayoutOpt = Annotated[
     Layout | None,
@@ -119,10 +119,13 @@ MAX_GPUS = 1 << 16
 MAX_BATCH = 1 << 24
 BlockSizeOpt = Annotated[
     int | None,
-    typer.Option("--block-size", min=1, max=MAX_TOKENS, help="Tokens per page (overrides the engine's)."),
+    typer.Option("--block-size", "--page-size", min=1, max=MAX_TOKENS,
+                 help="Tokens per page (overrides the engine's)."),
 ]
-TpOpt = Annotated[int, typer.Option("--tp", min=1, max=MAX_GPUS, help="Tensor-parallel GPUs.")]
-PpOpt = Annotated[int, typer.Option("--pp", min=1, max=MAX_GPUS, help="Pipeline-parallel stages.")]
+TpOpt = Annotated[int, typer.Option("--tp", "--tensor-parallel-size", "-tp", min=1, max=MAX_GPUS,
+                                    help="Tensor-parallel GPUs.")]
+PpOpt = Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", "-pp", min=1, max=MAX_GPUS,
+                                    help="Pipeline-parallel stages.")]
 DcpOpt = Annotated[
     int, typer.Option("--dcp", min=1, max=MAX_GPUS, help="Decode-context-parallel ways (divides --tp).")
 ]
@@ -250,7 +253,8 @@ def measure(
     seq: Annotated[str, typer.Option("--seq", help="Comma-separated token counts.")] = "4k",
     batch: BatchOpt = 1,
     kv_dtype: Annotated[
-        str, typer.Option("--kv-dtype", help="Cache dtype: fp32, bf16, fp16, fp8, fp8_e4m3, fp8_e5m2.")
+        str, typer.Option("--kv-dtype", "--kv-cache-dtype",
+                          help="Cache dtype: fp32, bf16, fp16, fp8, fp8_e4m3, fp8_e5m2.")
     ] = "bf16",
     layout: Annotated[
         str, typer.Option("--layout", help="MLA layouts, comma-separated: latent, decompressed.")
@@ -264,7 +268,7 @@ def measure(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda.")] = "auto",
     tp: Annotated[
         int,
-        typer.Option("--tp", min=1, max=MAX_GPUS,
+        typer.Option("--tp", "--tensor-parallel-size", "-tp", min=1, max=MAX_GPUS,
                      help="Tensor-parallel ranks (torch.distributed; joins torchrun)."),
     ] = 1,
     fmt: FormatOpt = OutputFormat.TABLE,
@@ -325,13 +329,16 @@ def measure(
 
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU name (h200, h100-sxm, ...).")]
 GpuMemOpt = Annotated[
-    str | None, typer.Option("--gpu-mem", help="GPU memory: 80GiB, 80GB or bytes (overrides --gpu).")
+    str | None,
+    typer.Option("--gpu-mem", help="GPU memory: 80GiB, 80GB (or 80G), or bytes as 85899345920B "
+                 "(overrides --gpu)."),
 ]
 WeightsDtypeOpt = Annotated[
     str, typer.Option("--weights-dtype", help="bf16, fp16, fp32, fp8, fp8-block, int8, int4, mxfp4, nvfp4.")
 ]
 MemUtilOpt = Annotated[
-    str, typer.Option("--mem-util", help="Fraction of GPU memory the engine may use (vLLM: 0.9).")
+    str, typer.Option("--mem-util", "--gpu-memory-utilization", "--mem-fraction-static",
+                      help="Fraction of GPU memory the engine may use (vLLM: 0.9).")
 ]
 ReserveOpt = Annotated[
     str | None,
@@ -347,7 +354,8 @@ def fit_command(
     gpus: Annotated[
         int | None, typer.Option("--gpus", min=1, max=MAX_GPUS, help="GPUs in all (tp x pp).")
     ] = None,
-    seq: Annotated[str, typer.Option("--seq", help="Context per sequence for concurrency.")] = "128k",
+    seq: Annotated[str, typer.Option("--seq", "--max-model-len",
+                                     help="Context per sequence for concurrency.")] = "128k",
     kv_dtype: KvDtypeOpt = "bf16",
     weights_dtype: WeightsDtypeOpt = "bf16",
     layout: LayoutOpt = None,

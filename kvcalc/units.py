@@ -64,7 +64,8 @@ def humanize_saving(cache_bytes: int, mha_bytes: int) -> str:
 
 
 _BYTE_UNITS = {
-    "": 1, "b": 1,
+    "b": 1,
+    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
 }
@@ -72,12 +73,16 @@ _BYTES = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*([a-z]*)", re.IGNORECASE)
 
 
 def parse_bytes(text: str, option: str) -> int:
-    """``80GiB`` (powers of two), ``80GB`` (powers of ten), or raw bytes ``85899345920``."""
+    """``80GiB`` (powers of two), ``80GB`` or ``80G`` (powers of ten), or bytes ``85899345920B``. A
+    bare number other than 0 is refused: 80 could mean GB or GiB, a 7% difference."""
     match = _BYTES.fullmatch(text.strip())
     unit = match[2].lower() if match else None
-    if not match or unit not in _BYTE_UNITS:
-        raise OptionError(f"{option}: {text!r} is not a size (examples: 80GiB, 80GB, 85899345920)")
-    size = Fraction(match[1]) * _BYTE_UNITS[unit]
+    if match and unit == "" and Fraction(match[1]) != 0:
+        raise OptionError(f"{option}: {text!r}: give a unit: {match[1]}GiB (powers of two), {match[1]}GB "
+                          "or G (powers of ten), or B for bytes")
+    if not match or unit not in {"", *_BYTE_UNITS}:
+        raise OptionError(f"{option}: {text!r} is not a size (examples: 80GiB, 80GB, 80G, 85899345920B)")
+    size = Fraction(match[1]) * _BYTE_UNITS.get(unit, 1)
     if size.denominator != 1 or size < 0:
         raise OptionError(f"{option}: {text!r} is not a whole number of bytes")
     return int(size)

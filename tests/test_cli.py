@@ -163,3 +163,16 @@ def test_python_m_kvcalc_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "kvcalc 0.1.0\n"
+
+
+def test_the_engines_own_flag_names_are_accepted(cli):
+    """vLLM's and SGLang's names for the same options (--kv-cache-dtype, -tp, --max-model-len ...)."""
+    ours = cli("fit", "llama-3.1-70b", "--gpu", "h200", "--tp", "4", "--pp", "2", "--kv-dtype", "fp8",
+               "--mem-util", "0.85", "--seq", "32k", "--engine", "vllm", "--block-size", "32", "-f", "json")
+    theirs = cli("fit", "llama-3.1-70b", "--gpu", "h200", "-tp", "4", "--pipeline-parallel-size", "2",
+                 "--kv-cache-dtype", "fp8", "--gpu-memory-utilization", "0.85", "--max-model-len", "32k",
+                 "--engine", "vllm", "--page-size", "32", "-f", "json")
+    assert ours == theirs and ours[0] == 0
+    sglang = cli("fit", "llama-3.1-70b", "--gpu", "h200", "--tensor-parallel-size", "4", "-pp", "2",
+                 "--mem-fraction-static", "0.85", "--seq", "32k", "--engine", "sglang", "-f", "json")
+    assert sglang[0] == 0 and json.loads(sglang[1])[0]["mem_util"] == "0.85"

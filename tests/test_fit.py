@@ -110,10 +110,15 @@ def test_gpus_alone_sets_tp():
     assert check_parallel(Parallel(pp=2), 8) == Parallel(tp=4, pp=2)
 
 
-@pytest.mark.parametrize(("text", "nbytes"), [("80GiB", 80 << 30), ("80GB", 80 * 10**9), ("1.5TiB", 3 << 39),
-                                              ("85899345920", 85899345920)])
+@pytest.mark.parametrize(("text", "nbytes"), [("80GiB", 80 << 30), ("80GB", 80 * 10**9), ("80G", 80 * 10**9),
+                                              ("1.5TiB", 3 << 39), ("85899345920B", 85899345920), ("0", 0)])
 def test_sizes(text, nbytes):
     assert parse_bytes(text, "--gpu-mem") == nbytes
+
+
+def test_a_bare_number_asks_for_a_unit():
+    with pytest.raises(OptionError, match=r"--gpu-mem: '80': give a unit: 80GiB \(powers of two\), 80GB or G"):
+        parse_bytes("80", "--gpu-mem")
 
 
 def test_gpu_table_covers_the_issue():
