@@ -437,10 +437,12 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     """The same heads without sharing: every query head with its own K and V.
 
     For MLA that is the decompressed layout; for GQA/MQA, ``num_kv_heads = num_heads``. Engine-neutral
-    (exact tokens, no pages), in the same storage format -- except that ``fp8_ds_mla``, which packs
+    (exact tokens, no pages), in the same storage format -- except that ``fp8_ds_mla`` (or
+    ``nvfp4_ds_mla``: plain nvfp4), which packs
     only the latent, becomes plain fp8. Parallelism is kept, so per-GPU figures compare too.
     """
-    kv_dtype = "fp8" if isinstance(get_format(options.kv_dtype), PackedMlaFormat) else options.kv_dtype
+    fmt = get_format(options.kv_dtype)
+    kv_dtype = fmt.plain if isinstance(fmt, PackedMlaFormat) else options.kv_dtype
     neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None)
     if isinstance(spec.attention, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))

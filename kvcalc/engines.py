@@ -144,6 +144,9 @@ class Engine:
             raise OptionError(f"--engine {self.name}: runs DeepSeek MLA models only")
         if has_indexer:
             self._check_dsa(kv_dtype)
+        elif kv_dtype == "nvfp4_ds_mla":
+            raise OptionError(f"--kv-dtype {kv_dtype}: vLLM serves it with FlashMLA's sparse backend only, "
+                              "on SM100: DeepSeek Sparse Attention models (DeepSeek-V3.2, GLM-5)")
         if chunked and self.chunk_rule is None:
             raise OptionError(f"--engine {self.name}: how it caches chunked local attention "
                               "(attention_chunk_size) is not modelled")
@@ -208,7 +211,7 @@ class Engine:
         ))
 
 
-_VLLM_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla")
+_VLLM_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla", "nvfp4_ds_mla")
 _SGLANG_FORMATS = ("bf16", "fp16", "fp32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_ds_mla")
 _LLAMA_CPP_FORMATS = ("fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 _TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
@@ -229,7 +232,8 @@ IDEAL = Engine(
 
 def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = True) -> Engine:
     """vLLM runs DSA (DeepSeek-V3.2) on its sparse MLA backends only, pages of 64, latent in bf16,
-    fp16 or fp8_ds_mla (models/deepseek_v32/attention.py, v1/attention/backends/mla/indexer.py).
+    fp16, fp8_ds_mla or, on SM100, nvfp4_ds_mla (models/deepseek_v32/attention.py,
+    v1/attention/backends/mla/indexer.py, flashmla_sparse.py).
     A layer with ``kv_sharing_target_layer_name`` (Gemma-3n) gets no cache spec and no memory
     (v1/worker/gpu_model_runner.py ``get_kv_cache_spec``). Chunked local attention (Llama-4, the
     hybrid KV-cache manager on by default): ``ChunkedLocalAttentionManager`` frees the pages before
@@ -242,7 +246,7 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
         unifies_pages=True,
         indexer_keys=IndexerKeys.FP8_SCALED if dsa else None,
         dsa_page=64,
-        dsa_formats=("bf16", "fp16", "fp8_ds_mla"),
+        dsa_formats=("bf16", "fp16", "fp8_ds_mla", "nvfp4_ds_mla"),
         name=f"vllm@{variant}",
         mla_cache=mla_cache,
         page_tokens=page,

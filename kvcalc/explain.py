@@ -159,8 +159,10 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
     if isinstance(fmt, PackedMlaFormat):
         if part.name == "latent":
             scales = fmt.kv_lora_rank // fmt.scale_group
+            bits = fmt.latent_value_bits
+            value = f"{bits // 8} B" if bits % 8 == 0 else f"{bits} bits"
             return (
-                f"{part.values} × {fmt.latent_value_bytes} B + {scales} scales × "
+                f"{part.values} × {value} + {scales} scales × "
                 f"{fmt.scale_bytes} B = {part.bytes_per_token_layer:,} B"
             )
         return f"{part.values} × {fmt.rope_value_bytes} B = {part.bytes_per_token_layer:,} B"

@@ -7,7 +7,10 @@ one value. Sources: llama.cpp ``ggml-common.h`` (``block_q8_0`` = fp16 scale + 3
 
 ``fp8_ds_mla`` is FlashMLA's packed MLA cache (also vLLM's and SGLang's ``fp8_ds_mla``): per token and
 layer, 512 fp8 latent values with one fp32 scale per 128 of them, then the 64-value rope key kept in
-bf16 -- 512 + 4 x 4 + 64 x 2 = 656 bytes. It exists only for that MLA shape.
+bf16 -- 512 + 4 x 4 + 64 x 2 = 656 bytes. It exists only for that MLA shape. vLLM's ``nvfp4_ds_mla``
+(v1/attention/backends/mla/flashmla_sparse.py; SM100 only, DeepSeek-V3.2's shape): 512 e2m1 latent
+values packed two per byte, one fp8 scale per 16 of them, and the rope key in fp8 -- 256 + 32 + 64 =
+352 bytes. ``nvfp4`` is NVIDIA's plain block format: 16 e2m1 values and one fp8 scale, 9 bytes.
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ class PackedMlaFormat:
     name: str
     kv_lora_rank: int
     qk_rope_head_dim: int
-    latent_value_bytes: int
+    latent_value_bits: int
     scale_group: int
     scale_bytes: int
     rope_value_bytes: int
     description: str
+    plain: str
+    """The plain format of the same latent precision (the MHA equivalent's)."""
 
     def latent_bytes(self) -> int:
         scales = self.kv_lora_rank // self.scale_group
-        return self.kv_lora_rank * self.latent_value_bytes + scales * self.scale_bytes
+        return self.kv_lora_rank * self.latent_value_bits // 8 + scales * self.scale_bytes
 
     def rope_bytes(self) -> int:
         return self.qk_rope_head_dim * self.rope_value_bytes
@@ -63,11 +68,23 @@ FP8_DS_MLA = PackedMlaFormat(
     name="fp8_ds_mla",
     kv_lora_rank=512,
     qk_rope_head_dim=64,
-    latent_value_bytes=1,
+    latent_value_bits=8,
     scale_group=128,
     scale_bytes=4,
     rope_value_bytes=2,
     description="FlashMLA packed MLA: fp8 latent + fp32 scale per 128 + bf16 rope key",
+    plain="fp8",
+)
+NVFP4_DS_MLA = PackedMlaFormat(
+    name="nvfp4_ds_mla",
+    kv_lora_rank=512,
+    qk_rope_head_dim=64,
+    latent_value_bits=4,
+    scale_group=16,
+    scale_bytes=1,
+    rope_value_bytes=1,
+    description="vLLM's NVFP4 packed MLA (SM100 only): e2m1 latent + fp8 scale per 16 + fp8 rope key",
+    plain="nvfp4",
 )
 
 _PLAIN = [
@@ -83,9 +100,10 @@ _PLAIN = [
     StorageFormat("q4_1", 32, 20, "llama.cpp q4_1: 32 nibbles + fp16 scale and min"),
     StorageFormat("q5_0", 32, 22, "llama.cpp q5_0: 32 5-bit values + fp16 scale"),
     StorageFormat("q5_1", 32, 24, "llama.cpp q5_1: 32 5-bit values + fp16 scale and min"),
+    StorageFormat("nvfp4", 16, 9, "NVFP4: 16 e2m1 values + one fp8 scale"),
 ]
 
-FORMATS: dict[str, Format] = {f.name: f for f in [*_PLAIN, FP8_DS_MLA]}
+FORMATS: dict[str, Format] = {f.name: f for f in [*_PLAIN, FP8_DS_MLA, NVFP4_DS_MLA]}
 
 
 def get_format(name: str) -> Format:

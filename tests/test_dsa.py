@@ -95,3 +95,20 @@ def test_an_indexer_needs_both_fields_and_a_low_rank_query(spec_file, cli):
     )
     status, _, err = cli("show", str(spec_file(mla)))
     assert status == 2 and "the DSA indexer reads the low-rank query; q_lora_rank is null" in err
+
+
+def test_vllm_nvfp4_ds_mla_on_blackwell():
+    """vLLM 0.33's nvfp4_ds_mla (flashmla_sparse.py; mla_attention.py state_content_bytes 352): 512
+    e2m1 latent values (256 B) + 32 fp8 scales + 64 fp8 rope values = 352 B, beside the indexer's
+    132 B; FlashMLA's sparse backend only, so DSA models only."""
+    fp = footprint(load_bundled("deepseek-v3.2"), Options(1000, kv_dtype="nvfp4_ds_mla", engine="vllm"))
+    assert fp.bytes_per_token == (352 + 132) * 61 == 29_524
+    with pytest.raises(OptionError, match=r"--kv-dtype nvfp4_ds_mla: vLLM serves it with FlashMLA's sparse"):
+        footprint(load_bundled("deepseek-v3"), Options(1000, kv_dtype="nvfp4_ds_mla", engine="vllm"))
+    with pytest.raises(OptionError, match=r"sglang@default caches in .* only"):
+        footprint(load_bundled("deepseek-v3.2"), Options(1000, kv_dtype="nvfp4_ds_mla", engine="sglang"))
+
+
+def test_plain_nvfp4_is_blocks_of_16_values_in_9_bytes():
+    fp = footprint(load_bundled("llama-3.1-8b"), Options(1000, kv_dtype="nvfp4"))
+    assert fp.bytes_per_token == 2 * (8 * 128 // 16) * 9 * 32  # K and V: 64 blocks of 9 B each, 32 layers
