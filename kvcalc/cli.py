@@ -334,7 +334,9 @@ GpuMemOpt = Annotated[
                  "(overrides --gpu)."),
 ]
 WeightsDtypeOpt = Annotated[
-    str, typer.Option("--weights-dtype", help="bf16, fp16, fp32, fp8, fp8-block, int8, int4, mxfp4, nvfp4.")
+    str | None,
+    typer.Option("--weights-dtype", help="bf16, fp16, fp32, fp8, fp8-block, int8, int4, mxfp4, nvfp4 "
+                 "\\[default: as the checkpoint stores them where the spec says, else bf16]."),
 ]
 MemUtilOpt = Annotated[
     str, typer.Option("--mem-util", "--gpu-memory-utilization", "--mem-fraction-static",
@@ -357,7 +359,7 @@ def fit_command(
     seq: Annotated[str, typer.Option("--seq", "--max-model-len",
                                      help="Context per sequence for concurrency.")] = "128k",
     kv_dtype: KvDtypeOpt = "bf16",
-    weights_dtype: WeightsDtypeOpt = "bf16",
+    weights_dtype: WeightsDtypeOpt = None,
     layout: LayoutOpt = None,
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
@@ -402,7 +404,7 @@ def plot(
     gpu_mem: GpuMemOpt = None,
     batch: BatchOpt = 1,
     kv_dtype: KvDtypeOpt = "bf16",
-    weights_dtype: WeightsDtypeOpt = "bf16",
+    weights_dtype: WeightsDtypeOpt = None,
     layout: LayoutOpt = None,
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
@@ -416,7 +418,7 @@ def plot(
 ) -> None:
     """Chart KV cache per GPU against context, with each model's KV budget on the GPU."""
     from kvcalc.analytic import curve
-    from kvcalc.fit import gpu_budget
+    from kvcalc.fit import gpu_budget, weights_format
     from kvcalc.plot import Series, render_plot
 
     parallel = Parallel(tp, pp, dcp, dp_attention)
@@ -424,14 +426,16 @@ def plot(
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     gpu_name, memory = _gpu_memory(gpu, gpu_mem) if (gpu or gpu_mem) else (None, None)
     series = []
-    for spec in [resolve(m) for m in models]:
+    specs = [resolve(m) for m in models]
+    for spec in specs:
         options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
         budget = None
         if memory is not None:
             budget = gpu_budget(spec, options, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                                 mem_util=mem_util, reserve_bytes=reserve_bytes).kv_bytes
         series.append(Series(spec.display_name, curve(spec, options), budget))
-    where = f" on {gpu_name}, dashed: KV budget after {weights_dtype} weights" if gpu_name else ""
+    weights = ", ".join(sorted({weights_format(spec, weights_dtype) for spec in specs}))
+    where = f" on {gpu_name}, dashed: KV budget after {weights} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"
     with _progress(1) as bar:
         bar.describe("drawing the chart")

@@ -23,24 +23,11 @@ from fractions import Fraction
 from kvcalc.analytic import Curve, Options, curve
 from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
+from kvcalc.formats import WEIGHT_FORMATS
 from kvcalc.parallel import Parallel
 from kvcalc.spec import CompressedAttention, ModelSpec
 
 GIB = 1 << 30
-
-WEIGHT_FORMATS: dict[str, tuple[Fraction, str]] = {
-    "fp32": (Fraction(4), "4 B per weight"),
-    "bf16": (Fraction(2), "2 B per weight"),
-    "fp16": (Fraction(2), "2 B per weight"),
-    "fp8": (Fraction(1), "1 B per weight, per-tensor scale"),
-    "fp8-block": (Fraction(1) + Fraction(4, 128 * 128),
-                  "1 B per weight + one fp32 scale per 128x128 block (DeepSeek-V3's fp8)"),
-    "int8": (Fraction(1), "1 B per weight, per-channel scale"),
-    "int4": (Fraction(1, 2) + Fraction(2, 128), "4 bits + one fp16 scale per group of 128 (AWQ/GPTQ)"),
-    "mxfp4": (Fraction(1, 2) + Fraction(1, 32), "4 bits + one e8m0 scale per 32 (gpt-oss)"),
-    "nvfp4": (Fraction(1, 2) + Fraction(1, 16), "4 bits + one fp8 scale per 16"),
-}
-"""Bytes per parameter, exact, scales of block-quantised formats included."""
 
 RESERVE_BYTES = {
     "ideal": 0,
@@ -107,11 +94,13 @@ def gpu_budget(
     options: Options,
     *,
     gpu_mem_bytes: int,
-    weights_dtype: str = "bf16",
+    weights_dtype: str | None = None,
     mem_util: str = "0.9",
     reserve_bytes: int | None = None,
 ) -> Budget:
-    """The KV budget per GPU of ``spec`` served as ``options`` describes (engine, tp x pp)."""
+    """The KV budget per GPU of ``spec`` served as ``options`` describes (engine, tp x pp); weights
+    in ``weights_dtype``, else as the checkpoint stores them (``weights_format``)."""
+    weights_dtype = weights_format(spec, weights_dtype)
     if spec.params is None:
         raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
     par = options.parallel
@@ -119,6 +108,12 @@ def gpu_budget(
     reserve = RESERVE_BYTES[engine] if reserve_bytes is None else reserve_bytes
     weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
     return Budget(int(gpu_mem_bytes * _mem_util(mem_util)), weights, reserve)
+
+
+def weights_format(spec: ModelSpec, given: str | None) -> str:
+    """``--weights-dtype`` when given, else the spec's (read from the config's quantization_config
+    or dtype), else bf16."""
+    return given or spec.weights_dtype or "bf16"
 
 
 def weights_bytes(params: int, weights_dtype: str) -> int:
@@ -134,13 +129,15 @@ def fit(
     *,
     gpu_name: str,
     gpu_mem_bytes: int,
-    weights_dtype: str = "bf16",
+    weights_dtype: str | None = None,
     mem_util: str = "0.9",
     reserve_bytes: int | None = None,
 ) -> Fit:
     """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes."""
     c = curve(spec, options)
     par = options.parallel
+    given = weights_dtype
+    weights_dtype = weights_format(spec, given)
     b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=weights_dtype,
                    mem_util=mem_util, reserve_bytes=reserve_bytes)
     usable, weights, reserve, budget = b.usable_bytes, b.weights_bytes_per_gpu, b.reserve_bytes, b.kv_bytes
@@ -163,7 +160,7 @@ def fit(
         kv_budget_bytes_per_gpu=budget, kv_bytes_per_token_per_gpu=rate, page_tokens=page,
         max_tokens=max_tokens, max_concurrency=concurrency, max_context=context,
         context_capped=capped, smallest_tp=smallest,
-        notes=tuple(_notes(spec, c, fits, smallest, weights, usable, reserve)),
+        notes=tuple(_notes(spec, c, fits, smallest, weights, usable, reserve, given)),
     )
 
 
@@ -210,7 +207,8 @@ def _smallest_tp(spec, options: Options, mem: int, weights_dtype, mem_util, rese
     return None
 
 
-def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: int) -> list[str]:
+def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: int,
+           given: str | None) -> list[str]:
     notes = []
     if not fits:
         more = f"; the smallest tp that fits is {smallest}" if smallest else "; no tp fits"
@@ -229,6 +227,10 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
             "tokens that fit count every layer (the full-context rate); sliding layers hold at most "
             "their window, so concurrency and context are computed on the real cache"
         )
+    if given is None:
+        source = (f"as {spec.name} publishes them (its weights_dtype)" if spec.weights_dtype
+                  else "assumed: the spec does not say how its checkpoint stores them")
+        notes.append(f"weights {weights_format(spec, None)}: {source}; --weights-dtype overrides")
     return notes
 
 

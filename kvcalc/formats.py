@@ -16,6 +16,7 @@ values packed two per byte, one fp8 scale per 16 of them, and the rope key in fp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 from kvcalc.errors import OptionError
 
@@ -114,3 +115,18 @@ def get_format(name: str) -> Format:
         raise OptionError(
             f"--kv-dtype: unknown storage format {name!r}; choose one of {', '.join(FORMATS)}"
         ) from None
+
+
+WEIGHT_FORMATS: dict[str, tuple[Fraction, str]] = {
+    "fp32": (Fraction(4), "4 B per weight"),
+    "bf16": (Fraction(2), "2 B per weight"),
+    "fp16": (Fraction(2), "2 B per weight"),
+    "fp8": (Fraction(1), "1 B per weight, per-tensor scale"),
+    "fp8-block": (Fraction(1) + Fraction(4, 128 * 128),
+                  "1 B per weight + one fp32 scale per 128x128 block (DeepSeek-V3's fp8)"),
+    "int8": (Fraction(1), "1 B per weight, per-channel scale"),
+    "int4": (Fraction(1, 2) + Fraction(2, 128), "4 bits + one fp16 scale per group of 128 (AWQ/GPTQ)"),
+    "mxfp4": (Fraction(1, 2) + Fraction(1, 32), "4 bits + one e8m0 scale per 32 (gpt-oss)"),
+    "nvfp4": (Fraction(1, 2) + Fraction(1, 16), "4 bits + one fp8 scale per 16"),
+}
+"""Bytes per parameter, exact, scales of block-quantised formats included."""

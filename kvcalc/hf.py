@@ -111,6 +111,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         "display_name": _display_name(data, name),
         "source": origin,
         "architecture": _architecture(data, origin),
+        "weights_dtype": _weights_dtype(cfg, data),
         "num_layers": layers,
         "hidden_size": hidden,
         "max_position_embeddings": cfg.optional_int("max_position_embeddings", "n_positions"),
@@ -516,6 +517,29 @@ def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _weights_dtype(cfg: _Config, data: dict) -> str | None:
+    """How the checkpoint stores its weights, for ``fit``: ``quantization_config`` (fp8 in 128 x 128
+    blocks with fp32 scales: DeepSeek-V3's; plain fp8), else ``torch_dtype`` / ``dtype``. A
+    quantisation of only some weights (fp4 experts beside fp8, gpt-oss's mxfp4 experts) or a method
+    kvcalc does not read is left unsaid, and said so: ``fit`` then assumes bf16."""
+    quant = data.get("quantization_config")
+    if isinstance(quant, dict):
+        method = quant.get("quant_method")
+        blocks = quant.get("weight_block_size")
+        mixed = quant.get("expert_dtype") or data.get("expert_dtype")
+        if method == "fp8" and not mixed and blocks in (None, [128, 128]):
+            return "fp8" if blocks is None else "fp8-block"
+        cfg.assume(f"weights: quantization_config {_show(method)} "
+                   f"{'with ' + _show(mixed) + ' experts ' if mixed else ''}is not one format kvcalc "
+                   "reads: fit assumes bf16 unless --weights-dtype")
+        return None
+    dtype = data.get("torch_dtype", data.get("dtype"))
+    return _DTYPES.get(dtype) if isinstance(dtype, str) else None
 
 
 def _architecture(data: dict, origin: str) -> str | None:

@@ -71,6 +71,7 @@ class ModelSpecFile(_Frozen):
     sublayers: _size("sublayers") = 1
     hidden_size: _size("hidden_size")
     params: _size("params") | None = None
+    weights_dtype: str | None = None
     max_position_embeddings: _size("max_position_embeddings") | None = None
     mtp_layers: _size("mtp_layers", low=0) = 0
     attention: AttentionFile

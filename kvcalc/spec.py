@@ -16,6 +16,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, ClassVar
 
+from kvcalc.formats import WEIGHT_FORMATS
+
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -237,6 +239,9 @@ class ModelSpec:
     hidden_size: int
     params: int | None = None
     """Total parameter count: the model card's figure, or derived from an imported config."""
+    weights_dtype: str | None = None
+    """How the published checkpoint stores its weights (``formats.WEIGHT_FORMATS``: bf16,
+    fp8-block ...), for ``fit``; None: not said (one format for every weight only)."""
     max_position_embeddings: int | None = None
     mtp_layers: int = 0
     """Multi-token-prediction layers (``num_nextn_predict_layers``): full-attention layers of the
@@ -256,6 +261,9 @@ class ModelSpec:
         _check_positive(num_layers=self.num_layers, sublayers=self.sublayers, hidden_size=self.hidden_size,
                         params=self.params, max_position_embeddings=self.max_position_embeddings,
                         sliding_window=self.sliding_window, attention_chunk_size=self.attention_chunk_size)
+        if self.weights_dtype is not None and self.weights_dtype not in WEIGHT_FORMATS:
+            raise ValueError(f"weights_dtype: {self.weights_dtype!r} is not one of "
+                             f"{', '.join(WEIGHT_FORMATS)}")
         if type(self.mtp_layers) is not int or not 0 <= self.mtp_layers <= MAX_LAYERS:
             raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be an integer from 0 to {MAX_LAYERS:,}")
         for key in ("layer_pattern", "layer_types"):
@@ -380,7 +388,7 @@ class ModelSpec:
             str(kind): {"kind": a.kind, **asdict(a)} for kind, a in self.layer_attention.items()
         }
         for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None),
-                             ("architecture", None)):
+                             ("architecture", None), ("weights_dtype", None)):
             if data[key] == default:
                 del data[key]
         for key in ("layer_pattern", "layer_types"):

@@ -148,3 +148,17 @@ def test_cli_fit_table_breakdown(cli):
 def test_cli_fit_needs_a_gpu(cli):
     status, _, err = cli("fit", "llama-3.1-70b")
     assert (status, err) == (2, "kvcalc: error: --gpu or --gpu-mem: say which GPU (e.g. --gpu h200 or --gpu-mem 80GiB)\n")
+
+
+def test_weights_default_to_how_the_checkpoint_stores_them():
+    """DeepSeek-V3 publishes fp8 weights in 128 x 128 blocks: ~1 B per parameter, so 8 x H200 hold
+    it with room for the cache, as vLLM serves it (in bf16 it would need 16)."""
+    spec = load_bundled("deepseek-v3")
+    f = fit(spec, Options(131_072, engine="vllm", parallel=Parallel(tp=8)), gpu_name="h200",
+            gpu_mem_bytes=H200.memory_bytes)
+    assert f.weights_dtype == "fp8-block" and f.weights_fit
+    assert f.weights_bytes_per_gpu == -(-weights_bytes(spec.params, "fp8-block") // 8)
+    assert "weights fp8-block: as deepseek-v3 publishes them (its weights_dtype)" in f.notes[-1]
+    bf16 = fit(spec, Options(131_072, engine="vllm", parallel=Parallel(tp=8)), gpu_name="h200",
+               gpu_mem_bytes=H200.memory_bytes, weights_dtype="bf16")
+    assert not bf16.weights_fit and bf16.smallest_tp == 16

@@ -227,3 +227,22 @@ def test_architecture_is_the_first_class_the_config_names(tmp_path):
 def test_architectures_of_the_wrong_shape_are_refused(tmp_path, value):
     with pytest.raises(SpecError, match=r"config.json: architectures: .*(expected a list|not a model class)"):
         load(tmp_path, {**LLAMA_31_8B, "architectures": value})
+
+
+@pytest.mark.parametrize(("fields", "weights"), [
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}, "fp8-block"),
+    ({"quantization_config": {"quant_method": "fp8"}}, "fp8"),
+    ({"torch_dtype": "float16"}, "fp16"),
+    ({"dtype": "bfloat16"}, "bf16"),
+    ({}, None),
+])
+def test_weights_are_read_from_the_config(tmp_path, fields, weights):
+    assert load(tmp_path, {**LLAMA_31_8B, **fields}).weights_dtype == weights
+
+
+@pytest.mark.parametrize("quant", [{"quant_method": "fp8", "weight_block_size": [128, 128], "expert_dtype": "fp4"},
+                                   {"quant_method": "mxfp4"}, {"quant_method": "awq", "bits": 4}])
+def test_weights_of_mixed_or_unread_quantisation_are_left_unsaid(tmp_path, quant):
+    spec = load(tmp_path, {**LLAMA_31_8B, "quantization_config": quant, "torch_dtype": "bfloat16"})
+    assert spec.weights_dtype is None
+    assert any(a.startswith("weights: quantization_config") and "fit assumes bf16" in a for a in spec.assumptions)

@@ -122,3 +122,9 @@ def test_to_dict_round_trips():
 def test_schema_and_runtime_spec_have_the_same_fields(schema, runtime):
     fields = {f.name for f in dataclasses.fields(runtime)} | {"kind"} - ({"kind"} if runtime is ModelSpec else set())
     assert set(schema.model_fields) == fields
+
+
+def test_weights_dtype_names_a_weight_format():
+    assert spec(weights_dtype="fp8-block").weights_dtype == "fp8-block"
+    with pytest.raises(SpecError, match=r"weights_dtype: 'fp3' is not one of fp32, bf16"):
+        spec(weights_dtype="fp3")
