@@ -231,6 +231,12 @@ class Curve:
         return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stage_terms)
 
     @property
+    def uniform(self) -> bool:
+        """Whether every row holds every token in the engine's own pages (no window, chunk,
+        compressed entry or state)."""
+        return all(growth is Growth.EVERY and page is None for growth, _, page, _ in self.whole_terms)
+
+    @property
     def monotone(self) -> bool:
         """Whether the cache never shrinks as a sequence grows (a compressor's open window empties
         each time R tokens close into one entry)."""

@@ -24,7 +24,7 @@ from kvcalc.analytic import Curve, Options, curve
 from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
 from kvcalc.formats import WEIGHT_FORMATS
-from kvcalc.parallel import Parallel
+from kvcalc.parallel import Parallel, ceil_div
 from kvcalc.spec import CompressedAttention, ModelSpec
 
 GIB = 1 << 30
@@ -68,6 +68,9 @@ class Fit:
     """max_context is the model's max_position_embeddings, not the memory's limit."""
     smallest_tp: int | None
     """When the weights do not fit: the smallest tp that leaves a KV budget."""
+    engine_log: str | None
+    """The capacity line the engine logs at start-up for this KV budget (vLLM), when kvcalc
+    computes it the engine's way."""
     notes: tuple[str, ...]
 
     @property
@@ -152,6 +155,9 @@ def fit(
     context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
     smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, weights_dtype, mem_util, reserve)
+    vllm = fits and c.engine.name.startswith("vllm")
+    log = vllm_capacity_line(c, budget, options.seq_len) if vllm else None
+    notes = _notes(spec, c, fits, smallest, weights, usable, reserve, given) + list(_log_note(c, vllm, log))
     return Fit(
         model=spec.name, display_name=spec.display_name, gpu=gpu_name, gpus=par.tp * par.pp,
         engine=c.engine.name, kv_dtype=options.kv_dtype, weights_dtype=weights_dtype,
@@ -159,9 +165,33 @@ def fit(
         usable_bytes=usable, weights_bytes_per_gpu=weights, reserve_bytes=reserve,
         kv_budget_bytes_per_gpu=budget, kv_bytes_per_token_per_gpu=rate, page_tokens=page,
         max_tokens=max_tokens, max_concurrency=concurrency, max_context=context,
-        context_capped=capped, smallest_tp=smallest,
-        notes=tuple(_notes(spec, c, fits, smallest, weights, usable, reserve, given)),
+        context_capped=capped, smallest_tp=smallest, engine_log=log,
+        notes=tuple(notes),
     )
+
+
+def _log_note(c: Curve, vllm: bool, log: str | None) -> tuple[str, ...]:
+    if log is not None:
+        return (f"vLLM logs, with this KV budget: {log}",)
+    if vllm:
+        return ("vLLM's capacity line for sliding, chunked or compressed layers depends on its admission "
+                "reservation (max_num_batched_tokens): not modelled yet",)
+    return ()
+
+
+def vllm_capacity_line(c: Curve, budget: int, max_model_len: int) -> str | None:
+    """What vLLM logs with ``budget`` bytes of KV cache per GPU, for a model whose layers all keep
+    every token in one group of pages (v1/core/kv_cache_utils.py ``update_kv_cache_capacity``):
+    num_blocks = budget // block bytes (every layer's page); a request of max_model_len takes
+    cdiv(max_model_len, block) of them. None for windows, chunks and compressed layers, whose
+    admission reservation depends on max_num_batched_tokens (not modelled)."""
+    if not c.uniform:
+        return None
+    page = c.engine.page_tokens
+    num_blocks = budget // (c.per_gpu_bytes_per_token * page)
+    concurrency = num_blocks / ceil_div(max_model_len, page)
+    return (f"GPU KV cache size: {int(concurrency * max_model_len):,} tokens, Maximum concurrency for "
+            f"{max_model_len:,} tokens per request: {concurrency:.2f}x")
 
 
 _UNBOUNDED = 1 << 40

@@ -62,7 +62,7 @@ FIT_COLUMNS = tuple(
         "model", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len", "gpu_mem_bytes",
         "mem_util", "weights_bytes_per_gpu", "reserve_bytes", "kv_budget_bytes_per_gpu",
         "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens", "max_concurrency", "max_context",
-        "context_capped", "weights_fit", "smallest_tp",
+        "context_capped", "weights_fit", "smallest_tp", "engine_log",
     )
 )
 

@@ -158,7 +158,28 @@ def test_weights_default_to_how_the_checkpoint_stores_them():
             gpu_mem_bytes=H200.memory_bytes)
     assert f.weights_dtype == "fp8-block" and f.weights_fit
     assert f.weights_bytes_per_gpu == -(-weights_bytes(spec.params, "fp8-block") // 8)
-    assert "weights fp8-block: as deepseek-v3 publishes them (its weights_dtype)" in f.notes[-1]
+    assert any(n.startswith("weights fp8-block: as deepseek-v3 publishes them (its weights_dtype)") for n in f.notes)
     bf16 = fit(spec, Options(131_072, engine="vllm", parallel=Parallel(tp=8)), gpu_name="h200",
                gpu_mem_bytes=H200.memory_bytes, weights_dtype="bf16")
     assert not bf16.weights_fit and bf16.smallest_tp == 16
+
+
+def test_vllm_capacity_line_as_vllm_logs_it():
+    """v1/core/kv_cache_utils.py update_kv_cache_capacity: num_blocks = budget // block bytes; a
+    request of max_model_len takes cdiv(max_model_len, 16) blocks; tokens = int(concurrency x L)."""
+    spec = load_bundled("llama-3.1-8b")
+    f = fit(spec, Options(32_000, engine="vllm"), gpu_name="h200", gpu_mem_bytes=H200.memory_bytes)
+    blocks = f.kv_budget_bytes_per_gpu // (131_072 * 16)
+    concurrency = blocks / 2000  # cdiv(32,000, 16)
+    assert f.engine_log == (f"GPU KV cache size: {int(concurrency * 32_000):,} tokens, Maximum concurrency for "
+                            f"32,000 tokens per request: {concurrency:.2f}x")
+    assert f"vLLM logs, with this KV budget: {f.engine_log}" in f.notes
+
+
+def test_vllm_capacity_line_is_not_guessed_for_sliding_layers():
+    f = fit(load_bundled("gpt-oss-120b"), Options(32_768, engine="vllm"), gpu_name="h200",
+            gpu_mem_bytes=H200.memory_bytes, weights_dtype="mxfp4")
+    assert f.engine_log is None
+    assert any("admission reservation (max_num_batched_tokens): not modelled yet" in n for n in f.notes)
+    assert fit(load_bundled("llama-3.1-8b"), Options(32_768), gpu_name="h200",
+               gpu_mem_bytes=H200.memory_bytes).engine_log is None  # no engine, no log
