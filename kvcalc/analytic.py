@@ -344,13 +344,47 @@ def _prepared(spec: ModelSpec, options: Options):
     mtp = spec.mtp_layers if options.mtp else 0
     plan = cache_plan(spec, cache, engine.compressed)
     whole = _groups(plan, fmt, engine, 1, Counter(counts) + Counter({LayerKind.FULL: mtp}))
-    stages = tuple(
+    stage_groups = tuple(
         _groups(plan, fmt, engine, par.attention_tp, stage)
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     if engine.unifies_pages:
         _check_equal_pages(engine, whole)
-    return Curve(engine, par, whole, stages), cache, fmt, mtp
+        whole, stage_groups = _hybrid_padding(spec, mtp, par, whole, stage_groups)
+    return Curve(engine, par, whole, stage_groups), cache, fmt, mtp
+
+
+def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_groups):
+    """vLLM's hybrid allocator (v1/core/kv_cache_planning.py ``_get_kv_cache_groups_uniform_page_size``)
+    deals each kind's layers into KV-cache groups of one size -- the fewest layers of any kind, or
+    the most when that is under 1.5 x the fewest -- layer j of a kind going to group j mod its number
+    of groups. Every group's block ids share one pool, and on each GPU a block is as wide as the
+    group with most layers there, so a kind whose groups are thinner holds padding layers (Gemma-3-27B:
+    52 sliding layers in 6 groups of 10). The padding, per kind, joins ``whole`` and each stage."""
+    kinds = [*spec.layer_kinds, *[LayerKind.FULL] * mtp]  # MTP layers: full, on the last stage
+    layers = {k: [i for i, kind in enumerate(kinds) if kind is k] for k in dict.fromkeys(kinds)
+              if k is not LayerKind.SHARED}
+    if len(layers) < 2:
+        return whole, stage_groups
+    fewest, most = min(map(len, layers.values())), max(map(len, layers.values()))
+    size = most if most < fewest * 1.5 else fewest
+    groups = {k: [idx[i::ceil_div(len(idx), size)] for i in range(ceil_div(len(idx), size))]
+              for k, idx in layers.items()}
+    ranges = [range(r.start, r.stop) for r in stages(spec.num_layers // spec.sublayers, par.pp)]
+    ranges[-1] = range(ranges[-1].start, len(kinds))
+
+    def padded(base: tuple[Group, ...], span: range) -> tuple[Group, ...]:
+        width = max(sum(i in span for i in g) for gs in groups.values() for g in gs)
+        extra = []
+        for g in base:
+            pad = len(groups[g.kind]) * width - sum(i in span for i in layers[g.kind])
+            if pad:
+                rows = tuple(replace(r, name=f"{r.name} (padding beside {g.kind})") for r in g.rows)
+                extra.append(Group(packing.PADDING, pad, rows))
+        return base + tuple(extra)
+
+    per_stage = tuple(padded(sg, r) for sg, r in zip(stage_groups, ranges, strict=True))
+    return padded(whole, range(len(kinds))), per_stage
 
 
 def _packed_curve(spec: ModelSpec, fmt: Format, engine: Engine, par: Parallel,

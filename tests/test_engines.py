@@ -6,6 +6,7 @@ from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.catalog import load_bundled
 from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
+from kvcalc.parallel import Parallel
 
 V3 = load_bundled("deepseek-v3")
 
@@ -145,3 +146,28 @@ def test_sglang_needs_the_architecture_of_a_sliding_model():
         footprint(spec, Options(1000, engine="sglang"))
     assert footprint(load_bundled("llama-3.1-8b").replace(architecture=None),
                      Options(1000, engine="sglang")).total_bytes == 131_072 * 1000  # no window: no question
+
+
+# vLLM's hybrid allocator (v1/core/kv_cache_planning.py _get_kv_cache_groups_uniform_page_size)
+# deals each kind's layers into groups of one size; a block holds a page for every slot of a group.
+def test_vllm_pads_gemma3_sliding_layers_to_whole_groups():
+    """52 sliding and 10 full layers: groups of 10, so the sliding layers fill 6 groups (60 slots)."""
+    f = fp("gemma-3-27b", 32_768, engine="vllm")
+    per_layer = 2 * 16 * 128 * 2  # K and V, 16 KV heads of 128, bf16
+    assert f.total_bytes == per_layer * (10 * 32_768 + 60 * 1024)  # the window in 16-token pages
+    padding = [p for p in f.parts if p.layer_kind == "block padding"]
+    assert [(p.layers, p.cells) for p in padding] == [(8, 1024), (8, 1024)]  # K and V of 8 padding slots
+
+
+def test_vllm_needs_no_padding_when_the_kinds_match():
+    for name in ("gpt-oss-120b", "gemma-2-9b", "llama-4-scout"):
+        assert not [p for p in fp(name, 32_768, engine="vllm").parts if p.layer_kind == "block padding"]
+
+
+def test_vllm_pads_per_pipeline_stage():
+    """Gemma-2-9B, pp 2: its 21 sliding and 21 full layers form one group each; stage 0 holds 11 of
+    the sliding ones and 10 of the full, so its blocks are 11 pages wide for both."""
+    f = fp("gemma-2-9b", 32_768, engine="vllm", parallel=Parallel(pp=2))
+    per_layer = 2 * 8 * 256 * 2
+    assert f.per_gpu_bytes == per_layer * (11 * 32_768 + 11 * 4096)
+    assert f.total_bytes == per_layer * (21 * 32_768 + 21 * 4096)
