@@ -418,7 +418,7 @@ def plot(
 ) -> None:
     """Chart KV cache per GPU against context, with each model's KV budget on the GPU."""
     from kvcalc.analytic import curve
-    from kvcalc.fit import gpu_budget, weights_format
+    from kvcalc.fit import gpu_budget, resolved_weights_dtype
     from kvcalc.plot import Series, render_plot
 
     parallel = Parallel(tp, pp, dcp, dp_attention)
@@ -434,7 +434,7 @@ def plot(
             budget = gpu_budget(spec, options, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                                 mem_util=mem_util, reserve_bytes=reserve_bytes).kv_bytes
         series.append(Series(spec.display_name, curve(spec, options), budget))
-    weights = ", ".join(sorted({weights_format(spec, weights_dtype) for spec in specs}))
+    weights = ", ".join(sorted({resolved_weights_dtype(spec, weights_dtype) for spec in specs}))
     where = f" on {gpu_name}, dashed: KV budget after {weights} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"
     with _progress(1) as bar:

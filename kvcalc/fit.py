@@ -102,8 +102,8 @@ def gpu_budget(
     reserve_bytes: int | None = None,
 ) -> Budget:
     """The KV budget per GPU of ``spec`` served as ``options`` describes (engine, tp x pp); weights
-    in ``weights_dtype``, else as the checkpoint stores them (``weights_format``)."""
-    weights_dtype = weights_format(spec, weights_dtype)
+    in ``weights_dtype``, else as the checkpoint stores them (``resolved_weights_dtype``)."""
+    weights_dtype = resolved_weights_dtype(spec, weights_dtype)
     if spec.params is None:
         raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
     par = options.parallel
@@ -113,7 +113,7 @@ def gpu_budget(
     return Budget(int(gpu_mem_bytes * _mem_util(mem_util)), weights, reserve)
 
 
-def weights_format(spec: ModelSpec, given: str | None) -> str:
+def resolved_weights_dtype(spec: ModelSpec, given: str | None) -> str:
     """``--weights-dtype`` when given, else the spec's (read from the config's quantization_config
     or dtype), else bf16."""
     return given or spec.weights_dtype or "bf16"
@@ -140,7 +140,7 @@ def fit(
     c = curve(spec, options)
     par = options.parallel
     given = weights_dtype
-    weights_dtype = weights_format(spec, given)
+    weights_dtype = resolved_weights_dtype(spec, given)
     b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=weights_dtype,
                    mem_util=mem_util, reserve_bytes=reserve_bytes)
     usable, weights, reserve, budget = b.usable_bytes, b.weights_bytes_per_gpu, b.reserve_bytes, b.kv_bytes
@@ -260,7 +260,7 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
     if given is None:
         source = (f"as {spec.name} publishes them (its weights_dtype)" if spec.weights_dtype
                   else "assumed: the spec does not say how its checkpoint stores them")
-        notes.append(f"weights {weights_format(spec, None)}: {source}; --weights-dtype overrides")
+        notes.append(f"weights {resolved_weights_dtype(spec, None)}: {source}; --weights-dtype overrides")
     return notes
 
 

@@ -28,7 +28,15 @@ from kvcalc.families import (
     Family,
     all_full,
 )
-from kvcalc.spec import MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_TOKENS, ModelSpec, StandardAttention
+from kvcalc.spec import (
+    ARCHITECTURE_PATTERN,
+    MAX_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_TOKENS,
+    ModelSpec,
+    StandardAttention,
+)
 
 _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "text_config")
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
@@ -550,7 +558,7 @@ def _architecture(data: dict, origin: str) -> str | None:
         return None
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise SpecError(f"{origin}: architectures: {_show(names)}: expected a list of model class names")
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", names[0]):
+    if not ARCHITECTURE_PATTERN.match(names[0]):
         raise SpecError(f"{origin}: architectures: {_show(names[0])}: not a model class name")
     return names[0]
 

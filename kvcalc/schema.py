@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import BOUNDS, MAX_LAYERS, LayerKind, ModelSpec
+from kvcalc.spec import ARCHITECTURE_PATTERN, BOUNDS, MAX_LAYERS, LayerKind, ModelSpec
 
 
 def _size(field: str, low: int = 1) -> Any:
@@ -66,7 +66,7 @@ class ModelSpecFile(_Frozen):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     display_name: Annotated[str, Field(min_length=1)]
     source: str | None = None
-    architecture: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    architecture: Annotated[str, Field(pattern=ARCHITECTURE_PATTERN.pattern)] | None = None
     num_layers: _size("num_layers")
     sublayers: _size("sublayers") = 1
     hidden_size: _size("hidden_size")

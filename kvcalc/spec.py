@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 from kvcalc.formats import WEIGHT_FORMATS
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+ARCHITECTURE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+"""A model class name, as a config's ``architectures`` lists them."""
 
 
 class LayerKind(StrEnum):
@@ -258,6 +260,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
             raise ValueError(f"name: {self.name!r} must be lowercase letters, digits, '.', '_', '-'")
+        if self.architecture is not None and not ARCHITECTURE_PATTERN.match(self.architecture):
+            raise ValueError(f"architecture: {self.architecture!r} is not a model class name")
         _check_positive(num_layers=self.num_layers, sublayers=self.sublayers, hidden_size=self.hidden_size,
                         params=self.params, max_position_embeddings=self.max_position_embeddings,
                         sliding_window=self.sliding_window, attention_chunk_size=self.attention_chunk_size)
