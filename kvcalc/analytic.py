@@ -22,7 +22,17 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from kvcalc import packing
-from kvcalc.engines import CompressedCache, Engine, IndexerKeys, MlaCache, WindowRule, get_engine
+from kvcalc.engines import (
+    DEFAULT_BATCHED_TOKENS,
+    SWA_RATIO,
+    CompressedCache,
+    Engine,
+    IndexerKeys,
+    MlaCache,
+    WindowRule,
+    get_engine,
+    in_flight_batches,
+)
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
@@ -56,6 +66,15 @@ class Options:
     engine: str | None = None
     block_size: int | None = None
     parallel: Parallel = field(default_factory=Parallel)
+    max_num_batched_tokens: int | None = None
+    """vLLM's scheduler budget per step, which its admission reservation for sliding and chunked
+    layers counts (None: ``engines.DEFAULT_BATCHED_TOKENS``)."""
+
+
+def in_flight_tokens(options: Options) -> int:
+    """vLLM's ``max_in_flight_tokens``: max_num_batched_tokens x the batches in flight."""
+    batched = options.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS
+    return batched * in_flight_batches(options.parallel.pp)
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,9 @@ class Footprint:
     """MTP layers counted (0 unless ``--mtp``)."""
     parts: tuple[Part, ...]
     """The whole cache: every layer, every head, every sequence, one copy."""
+    request_bytes: int
+    """What the engine reserves to admit ``batch`` sequences of ``seq_len`` tokens, over the whole
+    cache: vLLM's admission reservation; ``total_bytes`` where an engine reserves what it holds."""
     parallel: Parallel
     gpu_parts: tuple[Part, ...]
     """What the fullest GPU holds."""
@@ -216,6 +238,10 @@ class Curve:
     whole_terms: tuple[Term, ...] = field(init=False)
     """``whole`` merged by growth law (``_terms``): what an evaluation sums."""
     stage_terms: tuple[tuple[Term, ...], ...] = field(init=False)
+    block_bytes: tuple[int, ...] | None = None
+    """vLLM: the bytes of one block id on each stage's GPU -- one page of every layer of the widest
+    KV-cache group, all groups drawing ids from one pool (v1/core/kv_cache_planning.py
+    ``_get_kv_cache_bytes_per_block``); None for engines that reserve what they hold."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "whole_terms", _terms(self.whole))
@@ -229,6 +255,29 @@ class Curve:
         """What the fullest GPU holds."""
         tokens, seqs = self._per_rank(seq_len, batch)
         return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stage_terms)
+
+    def request_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
+        """What the engine reserves to admit ``batch`` sequences of ``seq_len`` tokens, the whole
+        cache (``_admission_cells``); what they hold where it reserves that."""
+        if self.block_bytes is None:
+            return self.total_bytes(seq_len, batch)
+        return _admission_bytes(self.whole_terms, self.engine, seq_len, batch, in_flight)
+
+    def request_blocks(self, seq_len: int, in_flight: int) -> int:
+        """vLLM's blocks per request of ``seq_len`` tokens, summed over its KV-cache groups: what
+        ``get_max_concurrency_for_kv_cache_config`` divides the pool by (the same on every stage)."""
+        if self.block_bytes is None:
+            raise ValueError("only a vLLM curve counts blocks")
+        tokens, _ = self._per_rank(seq_len, 1)
+        counts = set()
+        for terms, block in zip(self.stage_terms, self.block_bytes, strict=True):
+            if not block:  # a stage of shared layers only: no pool
+                continue
+            reserved = _admission_bytes(terms, self.engine, tokens, 1, in_flight)
+            if reserved % block:
+                raise AssertionError(f"{reserved:,} B reserved is not whole blocks of {block:,} B")
+            counts.add(reserved // block)
+        return max(counts)
 
     @property
     def uniform(self) -> bool:
@@ -292,6 +341,7 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
     par = options.parallel
     whole = c.parts(options.seq_len, options.batch, per_gpu=False)
     gpu = whole if par.is_single_gpu else c.parts(options.seq_len, options.batch, per_gpu=True)
+    request = c.request_bytes(options.seq_len, options.batch, in_flight_tokens(options))
     return Footprint(
         model=spec.name,
         display_name=spec.display_name,
@@ -303,6 +353,7 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         batch=options.batch,
         mtp_layers=mtp,
         parts=whole,
+        request_bytes=request,
         parallel=par,
         gpu_parts=gpu,
         notes=tuple(_notes(spec, cache, par, options, mtp)),
@@ -324,6 +375,13 @@ def _prepared(spec: ModelSpec, options: Options):
     dsa = is_mla and attn.index_head_dim is not None
     counts = spec.layer_counts
     compressed = isinstance(attn, CompressedAttention)
+    if options.max_num_batched_tokens is not None:
+        if not engine.block_pool:
+            raise OptionError(f"--max-num-batched-tokens: vLLM's scheduler budget; {engine.name} does not "
+                              "take it (--engine vllm)")
+        if options.max_num_batched_tokens < 1:
+            raise OptionError(f"--max-num-batched-tokens: {options.max_num_batched_tokens} must be at "
+                              "least 1")
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
                  chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
                  compressed=compressed)
@@ -348,10 +406,29 @@ def _prepared(spec: ModelSpec, options: Options):
         _groups(plan, fmt, engine, par.attention_tp, stage)
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
-    if engine.unifies_pages:
+    blocks = None
+    if engine.block_pool:
         _check_equal_pages(engine, whole)
-        whole, stage_groups = _hybrid_padding(spec, mtp, par, whole, stage_groups)
-    return Curve(engine, par, whole, stage_groups), cache, fmt, mtp
+        _check_vllm_windows(spec, par)
+        whole, stage_groups, widths = _hybrid_padding(spec, mtp, par, whole, stage_groups)
+        blocks = tuple(width * _layer_page_bytes(sg, engine)
+                       for width, sg in zip(widths, stage_groups, strict=True))
+    return Curve(engine, par, whole, stage_groups, block_bytes=blocks), cache, fmt, mtp
+
+
+def _layer_page_bytes(groups: tuple[Group, ...], engine: Engine) -> int:
+    """One layer's page on this GPU (every kind's is the same: ``_check_equal_pages``); 0 on a stage
+    whose layers all share another's cache."""
+    own = [g for g in groups if g.kind != packing.PADDING]
+    return sum(r.bytes for r in own[0].rows) * engine.page_tokens if own else 0
+
+
+def _check_vllm_windows(spec: ModelSpec, par: Parallel) -> None:
+    counts = spec.layer_counts
+    if par.dcp > 1 and (counts[LayerKind.SLIDING] or counts[LayerKind.CHUNKED]):
+        raise OptionError(f"--dcp {par.dcp}: vLLM does not run sliding or chunked layers with decode "
+                          "context parallelism (v1/kv_cache_interface.py: \"DCP not support sliding "
+                          "window\")")
 
 
 def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_groups):
@@ -360,18 +437,20 @@ def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_group
     the most when that is under 1.5 x the fewest -- layer j of a kind going to group j mod its number
     of groups. Every group's block ids share one pool, and on each GPU a block is as wide as the
     group with most layers there, so a kind whose groups are thinner holds padding layers (Gemma-3-27B:
-    52 sliding layers in 6 groups of 10). The padding, per kind, joins ``whole`` and each stage."""
+    52 sliding layers in 6 groups of 10). The padding, per kind, joins ``whole`` and each stage;
+    with it come the groups' widths per stage (a model of one kind: one group of all its layers)."""
     kinds = [*spec.layer_kinds, *[LayerKind.FULL] * mtp]  # MTP layers: full, on the last stage
     layers = {k: [i for i, kind in enumerate(kinds) if kind is k] for k in dict.fromkeys(kinds)
               if k is not LayerKind.SHARED}
-    if len(layers) < 2:
-        return whole, stage_groups
     fewest, most = min(map(len, layers.values())), max(map(len, layers.values()))
     size = most if most < fewest * 1.5 else fewest
     groups = {k: [idx[i::ceil_div(len(idx), size)] for i in range(ceil_div(len(idx), size))]
               for k, idx in layers.items()}
     ranges = [range(r.start, r.stop) for r in stages(spec.num_layers // spec.sublayers, par.pp)]
     ranges[-1] = range(ranges[-1].start, len(kinds))
+    widths = tuple(max(sum(i in span for i in g) for gs in groups.values() for g in gs) for span in ranges)
+    if len(layers) < 2:  # one group of every layer: nothing to pad
+        return whole, stage_groups, widths
 
     def padded(base: tuple[Group, ...], span: range) -> tuple[Group, ...]:
         width = max(sum(i in span for i in g) for gs in groups.values() for g in gs)
@@ -384,7 +463,7 @@ def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_group
         return base + tuple(extra)
 
     per_stage = tuple(padded(sg, r) for sg, r in zip(stage_groups, ranges, strict=True))
-    return padded(whole, range(len(kinds))), per_stage
+    return padded(whole, range(len(kinds))), per_stage, widths
 
 
 def _packed_curve(spec: ModelSpec, fmt: Format, engine: Engine, par: Parallel,
@@ -394,13 +473,15 @@ def _packed_curve(spec: ModelSpec, fmt: Format, engine: Engine, par: Parallel,
     packing.check(spec.attention, fmt.name, block_size)
     par.check(spec)
     kinds = spec.layer_kinds
-    stage_groups = tuple(_packed(spec, kinds[r.start : r.stop]) for r in stages(spec.num_layers, par.pp))
-    return Curve(engine, par, _packed(spec, kinds), stage_groups)
+    packed = [_packed(spec, kinds[r.start : r.stop]) for r in stages(spec.num_layers, par.pp)]
+    return Curve(engine, par, _packed(spec, kinds)[0], tuple(g for g, _ in packed),
+                 block_bytes=tuple(b for _, b in packed))
 
 
-def _packed(spec: ModelSpec, kinds: tuple[LayerKind, ...]) -> tuple[Group, ...]:
+def _packed(spec: ModelSpec, kinds: tuple[LayerKind, ...]) -> tuple[tuple[Group, ...], int]:
     """Each group's specs as rows, bytes per token or entry from the padded page, and the block's
-    bytes beyond the group's own pages as a padding row per token of the group's blocks."""
+    bytes beyond the group's own pages as a padding row per token of the group's blocks; and the
+    bytes of one block id."""
     groups, block_bytes = packing.groups(spec.attention, kinds, spec.sliding_window)
     layers: Counter[tuple[LayerKind | str, Row]] = Counter()  # a spec split across groups: one row
     for g in groups:
@@ -417,7 +498,7 @@ def _packed(spec: ModelSpec, kinds: tuple[LayerKind, ...]) -> tuple[Group, ...]:
             growth = window if g.window else Growth.EVERY
             row = Row(name, (), _per_row(pad, g.block), growth, g.window, g.block)
             layers[packing.PADDING, row] += 1
-    return tuple(Group(kind, n, (row,)) for (kind, row), n in layers.items())
+    return tuple(Group(kind, n, (row,)) for (kind, row), n in layers.items()), block_bytes
 
 
 def _per_row(page_bytes: int, rows: int) -> int:
@@ -464,6 +545,31 @@ def _bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int) -> i
     return sum(size * _cells(engine, growth, span, tokens, seqs, page) for growth, span, page, size in terms)
 
 
+def _admission_bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int, in_flight: int) -> int:
+    return sum(size * _admission_cells(engine, growth, span, page, tokens, in_flight)
+               for growth, span, page, size in terms) * seqs
+
+
+def _admission_cells(engine: Engine, growth: Growth, span: int | None, page: int | None, tokens: int,
+                     in_flight: int) -> int:
+    """Rows vLLM reserves in a layer to admit one sequence of ``tokens`` (its max_model_len), with
+    ``in_flight`` tokens scheduled but not settled (v1/kv_cache_interface.py
+    ``max_admission_blocks_per_request`` and ``max_memory_usage_bytes``): every page of the sequence
+    for full attention and compressed entries; for a sliding window the pages of the last
+    window - 1 + in_flight tokens (at most the sequence) plus one, as a window may start mid-page;
+    for a chunk the pages of chunk + in_flight tokens."""
+    page = page or engine.page_tokens
+    if growth is Growth.COMPRESSED:
+        return ceil_div(tokens, page) * (page // span)
+    if growth is Growth.EVERY:
+        return ceil_div(tokens, page) * page
+    if growth in (Growth.WINDOW, Growth.STATE_WINDOW):
+        return (ceil_div(min(span - 1 + in_flight, tokens), page) + 1) * page
+    if growth is Growth.CHUNK:
+        return ceil_div(min(span + in_flight, tokens), page) * page
+    raise AssertionError(f"vLLM reserves no rows that grow as {growth}")
+
+
 def _materialise(groups, engine: Engine, tokens: int, seqs: int) -> tuple[Part, ...]:
     return tuple(
         Part(r.name, g.kind, r.growth, r.span, g.layers, r.factors, r.bytes,
@@ -483,7 +589,7 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     """
     fmt = get_format(options.kv_dtype)
     kv_dtype = fmt.plain if isinstance(fmt, PackedMlaFormat) else options.kv_dtype
-    neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None)
+    neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None, max_num_batched_tokens=None)
     if isinstance(spec.attention, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
     if isinstance(spec.attention, CompressedAttention):  # every head its own K and V, nothing compressed
@@ -515,6 +621,7 @@ def _check_options(options: Options) -> None:
         raise OptionError(f"--seq: {options.seq_len} must be at least 1 token")
     if options.batch < 1:
         raise OptionError(f"--batch: {options.batch} must be at least 1")
+
 
 
 def _mla_cache(engine: Engine, layout: Layout | None) -> MlaCache:
@@ -550,6 +657,8 @@ def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: 
     rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
     if rule is WindowRule.ALL:  # no window kept apart: the layer holds every token
         return full
+    if rule is WindowRule.POOL_SHARE:  # SGLang: the SWA pool's share of every token
+        return ceil_div(full * SWA_RATIO.numerator, SWA_RATIO.denominator)
     if rule is WindowRule.UBATCH:  # llama.cpp: one SWA cache for all sequences + a ubatch
         return _round_up(min(full, window * seqs + 512), pad)
     if rule is WindowRule.CHUNK_PAGES:

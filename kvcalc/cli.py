@@ -133,6 +133,12 @@ DpAttentionOpt = Annotated[
     int,
     typer.Option("--dp-attention", min=1, max=MAX_GPUS, help="Data-parallel attention groups within --tp."),
 ]
+BatchedTokensOpt = Annotated[
+    int | None,
+    typer.Option("--max-num-batched-tokens", min=1, max=MAX_TOKENS,
+                 help="vLLM's tokens per scheduler step, which its admission reserves for sliding layers "
+                      "\\[default: vllm serve's for the GPU; 8192 without --gpu]."),
+]
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="Concurrent sequences.")]
 MtpOpt = Annotated[
     bool,
@@ -184,6 +190,7 @@ def show(
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
+    max_num_batched_tokens: BatchedTokensOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -197,7 +204,8 @@ def show(
     spec = resolve(model)
     seq_len = parse_tokens(seq) if seq is not None else None
     parallel = Parallel(tp, pp, dcp, dp_attention)
-    options = Options(seq_len or 1, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
+    options = Options(seq_len or 1, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
+                      max_num_batched_tokens)
     fp, mha = footprint(spec, options), mha_equivalent(spec, options)
     lines = explain(spec, fp, mha, with_totals=seq_len is not None)
     if fmt is OutputFormat.JSON:
@@ -224,6 +232,7 @@ def compare_models(
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
+    max_num_batched_tokens: BatchedTokensOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -236,7 +245,8 @@ def compare_models(
     seq_lens = parse_token_list(seq)
     parallel = Parallel(tp, pp, dcp, dp_attention)
     rows = [
-        compare(spec, Options(n, batch, kv_dtype, layout, mtp, engine, block_size, parallel))
+        compare(spec, Options(n, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
+                              max_num_batched_tokens))
         for spec in specs
         for n in seq_lens
     ]
@@ -340,7 +350,9 @@ WeightsDtypeOpt = Annotated[
 ]
 MemUtilOpt = Annotated[
     str, typer.Option("--mem-util", "--gpu-memory-utilization", "--mem-fraction-static",
-                      help="Fraction of GPU memory the engine may use (vLLM: 0.9).")
+                      help="Fraction of GPU memory the engine may use (vLLM: 0.9); SGLang's "
+                           "mem_fraction_static, which it picks per GPU (0.903 for GQA on one H200): "
+                           "give the value its server_args line logs.")
 ]
 ReserveOpt = Annotated[
     str | None,
@@ -364,6 +376,7 @@ def fit_command(
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
+    max_num_batched_tokens: BatchedTokensOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -379,7 +392,8 @@ def fit_command(
     spec = resolve(model)
     name, memory = _gpu_memory(gpu, gpu_mem)
     parallel = check_parallel(Parallel(tp, pp, dcp, dp_attention), gpus)
-    options = Options(parse_tokens(seq), 1, kv_dtype, layout, mtp, engine, block_size, parallel)
+    options = Options(parse_tokens(seq), 1, kv_dtype, layout, mtp, engine, block_size, parallel,
+                      max_num_batched_tokens)
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                  mem_util=mem_util, reserve_bytes=reserve_bytes)
@@ -393,6 +407,39 @@ def fit_command(
     _emit(text, output, inputs=[model])
     if not result.weights_fit or result.max_tokens == 0:
         raise typer.Exit(1)  # printed, but nothing fits
+
+
+@app.command("check", cls=_OnceCommand)
+def check_command(
+    log: Annotated[Path, typer.Argument(help="A vLLM or SGLang start-up log.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="The spec to compute with, when the log's model is not a bundled name.")] = None,
+    max_num_batched_tokens: BatchedTokensOpt = None,
+    block_size: BlockSizeOpt = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Recompute the capacity figures an engine's start-up log states from the KV memory it logs.
+
+    Exit 0 when every figure agrees, 1 when any disagrees, 2 when the log cannot be read."""
+    from kvcalc.check import check_log
+
+    result = check_log(log, model, max_num_batched_tokens, block_size)
+    if fmt is OutputFormat.JSON:
+        rows = json.loads(render(views.CHECK_COLUMNS, result.figures, fmt))
+        text = json.dumps({"engine": result.engine, "version": result.version, "model": result.model,
+                           "logged_model": result.logged_model, "settings": dict(result.settings),
+                           "agrees": result.agrees, "figures": rows}, indent=2) + "\n"
+    else:
+        title = f"{log}: {result.engine} {result.version or ''}".rstrip() + f", {result.model}"
+        notes = [f"{key}: {value}" for key, value in result.settings]
+        notes.append("every figure agrees with the logged memory" if result.agrees
+                     else "some figures disagree with the logged memory")
+        text = render(views.CHECK_COLUMNS, result.figures, fmt, title=title, notes=notes,
+                      width=_width(output))
+    _emit(text, output, inputs=[str(log)])
+    if not result.agrees:
+        raise typer.Exit(1)
 
 
 @app.command(cls=_OnceCommand)

@@ -10,7 +10,11 @@ Sources, per profile:
   with the FlashMLA backend (the default for MLA on Hopper), 128 with CUTLASS MLA.
   ``VLLM_MLA_DISABLE=1`` caches per-head K and V with V padded to the K width.
 - SGLang ``mem_cache/memory_pool.py`` (``MLATokenToKVPool``: 576 per token): page size 1 (FlashInfer,
-  Triton, FA3), 64 (FlashMLA), 128 (CUTLASS MLA).
+  Triton, FA3), 64 (FlashMLA), 128 (CUTLASS MLA). Its hybrid SWA architectures keep sliding layers
+  in an SWA pool sized at 0.8 of the full one (``WindowRule.POOL_SHARE``); the others keep every
+  token on every layer (docs/facts/sglang-0.5.23-pools.md).
+- vLLM's admission: a request reserves more blocks than it holds for sliding and chunked layers
+  (``analytic._admission_cells``; ``max_num_batched_tokens``, ``in_flight_batches``).
 - llama.cpp ``src/llama-kv-cache.cpp`` / ``llama-kv-cache-iswa.cpp``: the context is padded to 256
   cells; SWA layers get ``pad(min(n_ctx, n_swa * n_seq + n_ubatch), 256)`` cells, n_ubatch 512. MLA:
   per-head K and V before April 2025; K 576 + V 512 (the latent again) from April 2025; K 576 only
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from fractions import Fraction
 
 from kvcalc.errors import OptionError
 
@@ -87,6 +92,14 @@ class WindowRule(StrEnum):
     UBATCH = "ubatch"  # pad(min(context, window * sequences + 512), 256): llama.cpp
     CHUNK_PAGES = "chunk-pages"  # the most pages one chunk spans: vLLM's chunked local attention
     ALL = "all"  # every token: the engine keeps no window apart (SGLang outside its hybrid SWA list)
+    POOL_SHARE = "pool-share"  # swa_full_tokens_ratio of every token: SGLang's SWA pool, sized off the full
+
+
+SWA_FULL_TOKENS_RATIO = 0.8
+"""SGLang's swa_full_tokens_ratio (srt/arg_groups/fields/schedule.py): its SWA pool holds this many
+tokens for each token of its full pool, whatever the window."""
+SWA_RATIO = Fraction(4, 5)
+"""The same ratio, exact, for a sequence's share of the SWA pool."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +141,10 @@ class Engine:
     """The architectures whose sliding layers the engine holds apart (SGLang's hybrid SWA pool); every
     other architecture's sliding layers hold every token. None: the engine does not choose by
     architecture."""
-    unifies_pages: bool = False
-    """vLLM: layers whose pages differ in bytes get their block sizes scaled or pages padded to one
+    block_pool: bool = False
+    """vLLM: layers form KV-cache groups of equal size whose pages share one pool of block ids, and a
+    request is admitted on the blocks it may reserve (``analytic._admission_cells``), not those it
+    holds. Layers whose pages differ in bytes get their block sizes scaled or pages padded to one
     size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
 
     def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False,
@@ -167,7 +182,16 @@ class Engine:
                               "architectures it lists (srt/configs/model_config.py is_hybrid_swa_model); "
                               "this spec names none: give its `architecture` (the config's architectures)")
         if architecture in self.hybrid_swa:
-            return self
+            return replace(self, window_rule=WindowRule.POOL_SHARE, chunk_rule=WindowRule.POOL_SHARE, rules=(
+                *self.rules, f"{architecture} is a hybrid SWA model (srt/configs/model_config.py "
+                "is_hybrid_swa_model): its sliding and chunked layers live in an SWA pool sized at "
+                f"swa_full_tokens_ratio {SWA_FULL_TOKENS_RATIO} of the full pool's tokens, whatever the "
+                "window "
+                "(model_executor/pool_configurator.py HybridSWAPoolConfigurator), so each token a sequence "
+                f"holds in the full pool costs {SWA_FULL_TOKENS_RATIO} of a token on those layers: "
+                "ceil(0.8 x tokens) rows. What a sequence holds there at run time varies (its window, up to "
+                "128 decode tokens more, and its prompt's last window until it ends; srt/mem_cache/common.py "
+                "free_swa_out_of_window_slots), but the pool is set aside whatever it holds"))
         return replace(self, window_rule=WindowRule.ALL, chunk_rule=WindowRule.ALL, rules=(
             *self.rules, f"{architecture} is not in its hybrid SWA list (srt/configs/model_config.py "
             "is_hybrid_swa_model): one KV pool for every layer, sliding layers hold every token"))
@@ -243,7 +267,7 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
         shares_layers=True,
         chunk_rule=WindowRule.CHUNK_PAGES,
         kind_shapes=True,
-        unifies_pages=True,
+        block_pool=True,
         indexer_keys=IndexerKeys.FP8_SCALED if dsa else None,
         dsa_page=64,
         dsa_formats=("bf16", "fp16", "fp8_ds_mla", "nvfp4_ds_mla"),
@@ -260,6 +284,14 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
             "chunked layers keep the pages of the current chunk: counted at their most, one whole "
             "chunk (a prefill step briefly holds the chunk + the step's tokens; with "
             "--disable-hybrid-kv-cache-manager or EAGLE they hold every token)",
+            "layers of different kinds form KV-cache groups of equal size, the thinner kinds padded, all "
+            "drawing block ids from one pool (v1/core/kv_cache_planning.py "
+            "_get_kv_cache_groups_uniform_page_size)",
+            "admission reserves per request, in every group: full layers cdiv(seq, page) pages, sliding "
+            "cdiv(min(window - 1 + in-flight, seq), page) + 1, chunked cdiv(min(chunk + in-flight, seq), "
+            "page); in-flight = 2 x max_num_batched_tokens (async scheduling) -- request_bytes "
+            "(v1/kv_cache_interface.py max_admission_blocks_per_request, v1/core/kv_cache_utils.py "
+            "get_max_concurrency_for_kv_cache_config)",
         ),
     )
 
@@ -283,7 +315,8 @@ def _sglang(variant: str, page: int) -> Engine:
     Gemma-3n's shared layers still get buffers there (num_effective_layers) and its sliding layers
     hold every token (hybrid SWA memory off): not modelled, so refused. Layers of different shapes
     get pools of their own widths (MHATokenToKVPool: head_num, head_dim, v_head_dim per pool).
-    Llama-4's chunked layers live in its SWA pool, sized by swa_full_tokens_ratio: not modelled."""
+    Hybrid SWA architectures (``for_architecture``) keep sliding and chunked layers in an SWA pool
+    sized off the full one; facts in docs/facts/sglang-0.5.23-pools.md."""
     return Engine(
         hybrid_swa=SGLANG_HYBRID_SWA,
         compressed_refusal="SGLang keeps DeepSeek-V4's sliding-window pages in its radix tree, freed or "
@@ -370,6 +403,30 @@ def _reference(mode: str, mla_cache: MlaCache, indexer: IndexerKeys | None) -> E
             "bf16 buffers preallocated for max_seq_len (taken as --seq) x max_batch_size",
         ),
     )
+
+
+DEFAULT_BATCHED_TOKENS = 8192
+"""``vllm serve``'s max_num_batched_tokens on a GPU of 70 to 160 GiB other than the A100 (H100, H200;
+engine/arg_utils.py ``get_batch_defaults``)."""
+
+
+def vllm_batched_tokens(gpu_name: str, gpu_mem_bytes: int) -> int:
+    """``vllm serve``'s default max_num_batched_tokens on a GPU (engine/arg_utils.py
+    ``get_batch_defaults``, OPENAI_API_SERVER): 2,048 from 160 GiB, 8,192 from 70 GiB unless an A100,
+    2,048 below."""
+    gib = 1 << 30
+    if gpu_mem_bytes >= 160 * gib:
+        return 2048
+    if gpu_mem_bytes >= 70 * gib and "a100" not in gpu_name.lower():
+        return DEFAULT_BATCHED_TOKENS
+    return 2048
+
+
+def in_flight_batches(pp: int) -> int:
+    """Batches vLLM keeps scheduled but not yet settled (config/vllm.py ``max_concurrent_batches``):
+    2 with async scheduling (its default) on one stage; pp + 1 across pipeline stages (Model
+    Runner V2, the default)."""
+    return 2 if pp == 1 else pp + 1
 
 
 ENGINES: dict[str, Engine] = {

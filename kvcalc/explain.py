@@ -248,6 +248,10 @@ def _held_text(fp: Footprint, part: Part, cells: int) -> str:
     if part.growth is Growth.OVERLAP:
         closed = "a window has closed" if seq >= span else "no window has closed yet"
         return f"{span if seq >= span else 0:,} rows ({closed}){batch}"
+    rule = fp.engine.chunk_rule if part.growth is Growth.CHUNK else fp.engine.window_rule
+    if part.growth is not Growth.EVERY and rule is WindowRule.POOL_SHARE:
+        tokens = ceil_div(seq, page) * page * fp.batch
+        return f"ceil(0.8 × {tokens:,} tokens) = {cells:,} cells (SGLang's SWA pool share)"
     if part.growth is Growth.EVERY:
         tokens = fp.seq_len
         held = f"{tokens:,} tokens{batch}"
@@ -264,6 +268,8 @@ def _cell_rule(engine: Engine, growth: Growth, page: int) -> str:
     rule = engine.chunk_rule if growth is Growth.CHUNK else engine.window_rule
     if rule is WindowRule.ALL:
         return f"every token: no {span} kept apart"
+    if rule is WindowRule.POOL_SHARE:
+        return f"the SWA pool's share: ceil(0.8 × {span} layers' tokens), whatever the {span}"
     if growth is not Growth.EVERY and rule is WindowRule.WINDOW_MINUS_ONE:
         return f"the last {span} - 1 tokens"
     if growth is not Growth.EVERY and rule is WindowRule.UBATCH:

@@ -7,12 +7,17 @@ Budget, per GPU, as a breakdown that adds up (vLLM's accounting):
     KV budget  = usable - weights - reserve                (reserve: activations, CUDA graphs, runtime)
 
 Answers, on the same cache curve ``compare`` uses (engine, format, layout, replication):
-- tokens that fit: whole pages, ``budget // (page x bytes per token per GPU) x page`` -- vLLM's
-  ``num_blocks = available // page_size_bytes`` over all layers, and SGLang's
-  ``budget // cell_size`` rounded down to its page size;
+- tokens that fit: whole pages, ``budget // (page x bytes per token per GPU) x page`` (SGLang's
+  ``budget // cell_size`` rounded down to its page size);
 - concurrent sequences at ``seq_len``: the most sequences whose per-GPU cache fits;
 - longest context for one sequence, capped by the model's ``max_position_embeddings``.
 Both searches evaluate the curve in constant time per length, so they are exact, not estimated.
+
+vLLM answers its own way (``VllmCapacity``): its pool holds ``budget // bytes per block`` blocks,
+one of them the null block; a request of ``seq_len`` reserves blocks in every KV-cache group
+(sliding and chunked layers more than they hold after prefill); concurrency is how many
+reservations fit, the longest context the longest whose reservation fits (its start-up check), and
+tokens are the "GPU KV cache size" it logs.
 """
 
 from __future__ import annotations
@@ -20,25 +25,35 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-from kvcalc.analytic import Curve, Options, curve
-from kvcalc.engines import get_engine
+from kvcalc.analytic import Curve, Options, curve, in_flight_tokens
+from kvcalc.engines import (
+    SWA_FULL_TOKENS_RATIO,
+    WindowRule,
+    get_engine,
+    in_flight_batches,
+    vllm_batched_tokens,
+)
 from kvcalc.errors import OptionError
 from kvcalc.formats import WEIGHT_FORMATS
 from kvcalc.parallel import Parallel, ceil_div
-from kvcalc.spec import CompressedAttention, ModelSpec
+from kvcalc.plan import Growth
+from kvcalc.spec import CompressedAttention, LayerKind, ModelSpec
 
 GIB = 1 << 30
 
 RESERVE_BYTES = {
     "ideal": 0,
     "vllm": 3 * GIB,
-    "sglang": 3 * GIB,
+    "sglang": 0,  # activations and CUDA graphs live outside mem_fraction_static
     "llama.cpp": 1 * GIB,
     "transformers": 2 * GIB,
     "reference": 2 * GIB,
 }
 """Default ``--reserve`` per engine: a typical activation peak plus CUDA graphs and runtime buffers
-for a large model -- a starting point to replace with the figure the engine logs."""
+for a large model -- a starting point to replace with the figure the engine logs. SGLang's
+``mem_fraction_static`` (``--mem-util``) already leaves them out: weights and KV pools get that
+fraction of the memory free before loading, everything else the rest
+(docs/facts/sglang-0.5.23-pools.md section 2)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +84,13 @@ class Fit:
     smallest_tp: int | None
     """When the weights do not fit: the smallest tp that leaves a KV budget."""
     engine_log: str | None
-    """The capacity line the engine logs at start-up for this KV budget (vLLM), when kvcalc
-    computes it the engine's way."""
+    """The capacity line the engine logs at start-up for this KV budget (vLLM)."""
+    max_num_batched_tokens: int | None
+    """vLLM: the scheduler budget its admission reservation counts (the flag, or vLLM's default for
+    the GPU); None for other engines."""
+    request_bytes_per_gpu: int
+    """What the engine reserves on the fullest GPU to admit one sequence of ``seq_len`` tokens (vLLM's
+    admission reservation); elsewhere what the sequence holds at its peak."""
     notes: tuple[str, ...]
 
     @property
@@ -136,7 +156,13 @@ def fit(
     mem_util: str = "0.9",
     reserve_bytes: int | None = None,
 ) -> Fit:
-    """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes."""
+    """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes.
+
+    Under vLLM the answers are its own: concurrency and the longest context from the blocks it
+    reserves to admit a request (``VllmCapacity``), with max_num_batched_tokens at vLLM's default for
+    the GPU unless ``options`` gives it."""
+    if options.engine and get_engine(options.engine).block_pool and options.max_num_batched_tokens is None:
+        options = replace(options, max_num_batched_tokens=vllm_batched_tokens(gpu_name, gpu_mem_bytes))
     c = curve(spec, options)
     par = options.parallel
     given = weights_dtype
@@ -150,14 +176,32 @@ def fit(
     fits = budget > 0
     max_tokens = budget // (page * rate) * page if fits else 0
 
-    concurrency = _largest(lambda n: c.peak_per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
     cap = spec.max_position_embeddings
-    context = longest_context(c, budget, limit=cap) if fits else 0
+    in_flight = in_flight_tokens(options)
+    vllm = vllm_capacity(c, budget, options.seq_len, in_flight) if fits and c.block_bytes else None
+    pools = sglang_pools(c, budget) if fits and c.engine.name.startswith("sglang") else None
+    if pools is not None and pools.swa_tokens is not None:
+        tokens = ceil_div(options.seq_len, page) * page
+        max_tokens = pools.full_tokens
+        concurrency = pools.full_tokens // tokens * par.dp_attention
+        context = pools.full_tokens if cap is None else min(pools.full_tokens, cap)
+    elif vllm is not None:
+        max_tokens = vllm.tokens
+        concurrency = vllm.admitted * par.dp_attention  # each DP rank its own engine core and pool
+        context = _largest(lambda n: c.request_blocks(n, in_flight) <= vllm.usable_blocks, limit=cap)
+    else:
+        concurrency = _largest(lambda n: c.peak_per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
+        context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
     smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, weights_dtype, mem_util, reserve)
-    vllm = fits and c.engine.name.startswith("vllm")
-    log = vllm_capacity_line(c, budget, options.seq_len) if vllm else None
-    notes = _notes(spec, c, fits, smallest, weights, usable, reserve, given) + list(_log_note(c, vllm, log))
+    own_rules = vllm is not None or (pools is not None and pools.swa_tokens is not None)
+    notes = _notes(spec, c, fits, smallest, weights, usable, reserve, given, own_rules)
+    if vllm is not None:
+        notes += _vllm_notes(spec, c, vllm, options)
+    if pools is not None:
+        notes += pools.notes(spec)
+    request = (vllm.request_blocks * vllm.block_bytes if vllm is not None
+               else c.peak_per_gpu_bytes(options.seq_len))
     return Fit(
         model=spec.name, display_name=spec.display_name, gpu=gpu_name, gpus=par.tp * par.pp,
         engine=c.engine.name, kv_dtype=options.kv_dtype, weights_dtype=weights_dtype,
@@ -165,33 +209,142 @@ def fit(
         usable_bytes=usable, weights_bytes_per_gpu=weights, reserve_bytes=reserve,
         kv_budget_bytes_per_gpu=budget, kv_bytes_per_token_per_gpu=rate, page_tokens=page,
         max_tokens=max_tokens, max_concurrency=concurrency, max_context=context,
-        context_capped=capped, smallest_tp=smallest, engine_log=log,
-        notes=tuple(notes),
+        context_capped=capped, smallest_tp=smallest,
+        engine_log=vllm.line if vllm else pools.line if pools else None,
+        max_num_batched_tokens=options.max_num_batched_tokens if c.block_bytes else None,
+        request_bytes_per_gpu=request, notes=tuple(notes),
     )
 
 
-def _log_note(c: Curve, vllm: bool, log: str | None) -> tuple[str, ...]:
-    if log is not None:
-        return (f"vLLM logs, with this KV budget: {log}",)
-    if vllm:
-        return ("vLLM's capacity line for sliding, chunked or compressed layers depends on its admission "
-                "reservation (max_num_batched_tokens): not modelled yet",)
-    return ()
+@dataclass(frozen=True)
+class VllmCapacity:
+    """What vLLM 0.33 makes of a KV budget at start-up: its pool of blocks, the blocks it reserves
+    per request of max_model_len, and the line it logs (v1/core/kv_cache_utils.py
+    ``get_max_concurrency_for_kv_cache_config`` and ``update_kv_cache_capacity``)."""
+
+    num_blocks: int
+    """budget // bytes per block (the fewest of any pipeline stage); one of them is the null block."""
+    block_bytes: int
+    request_blocks: int
+    """Blocks reserved per request, summed over the KV-cache groups."""
+    max_model_len: int
+
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks a request may use: the pool less its null block (v1/core/block_pool.py)."""
+        return self.num_blocks - 1
+
+    @property
+    def concurrency(self) -> float:
+        """vLLM's "Maximum concurrency": num_blocks / blocks per request, the null block counted."""
+        return self.num_blocks / self.request_blocks
+
+    @property
+    def admitted(self) -> int:
+        """Requests of max_model_len whose reservations fit the usable blocks at once."""
+        return self.usable_blocks // self.request_blocks
+
+    @property
+    def tokens(self) -> int:
+        """vLLM's "GPU KV cache size": int(concurrency x max_model_len)."""
+        return int(self.concurrency * self.max_model_len)
+
+    @property
+    def line(self) -> str:
+        return (f"GPU KV cache size: {self.tokens:,} tokens, Maximum concurrency for {self.max_model_len:,} "
+                f"tokens per request: {self.concurrency:.2f}x")
 
 
-def vllm_capacity_line(c: Curve, budget: int, max_model_len: int) -> str | None:
-    """What vLLM logs with ``budget`` bytes of KV cache per GPU, for a model whose layers all keep
-    every token in one group of pages (v1/core/kv_cache_utils.py ``update_kv_cache_capacity``):
-    num_blocks = budget // block bytes (every layer's page); a request of max_model_len takes
-    cdiv(max_model_len, block) of them. None for windows, chunks and compressed layers, whose
-    admission reservation depends on max_num_batched_tokens (not modelled)."""
-    if not c.uniform:
-        return None
+def vllm_capacity(c: Curve, budget: int, max_model_len: int, in_flight: int) -> VllmCapacity:
+    """vLLM's pool for ``budget`` bytes of KV cache per GPU, serving requests of ``max_model_len``
+    with ``in_flight`` tokens scheduled but not settled. Every stage's GPU sizes its pool from its own
+    blocks; vLLM keeps the fewest (kv_cache_planning.py ``get_kv_cache_configs``)."""
+    if c.block_bytes is None:
+        raise ValueError("vllm_capacity takes a vLLM curve")
+    blocks = [budget // b for b in c.block_bytes if b]  # a stage of shared layers only has no pool
+    stage = blocks.index(min(blocks))
+    return VllmCapacity(blocks[stage], [b for b in c.block_bytes if b][stage],
+                        c.request_blocks(max_model_len, in_flight),
+                        max_model_len)
+
+
+@dataclass(frozen=True)
+class SglangPools:
+    """SGLang 0.5.23's token pools for a KV budget (docs/facts/sglang-0.5.23-pools.md sections 1
+    and 3): the full pool's ``max_total_num_tokens``, and for a hybrid SWA model the SWA pool's."""
+
+    full_tokens: int
+    swa_tokens: int | None
+    """None: one pool for every layer."""
+
+    @property
+    def line(self) -> str:
+        """What SGLang logs (managers/scheduler.py; model_executor/pool_configurator.py)."""
+        if self.swa_tokens is None:
+            return f"max_total_num_tokens={self.full_tokens}"
+        return (f"Use sliding window memory pool. full_layer_tokens={self.full_tokens}, "
+                f"swa_layer_tokens={self.swa_tokens}")
+
+    def notes(self, spec: ModelSpec) -> list[str]:
+        notes = [f"SGLang logs, with this KV budget: {self.line}"]
+        if self.swa_tokens is not None:
+            notes.append(
+                f"SGLang sizes the full pool at budget // (full layers' bytes per token + "
+                f"{SWA_FULL_TOKENS_RATIO} x sliding layers'), the SWA pool at {SWA_FULL_TOKENS_RATIO} of its "
+                "tokens (swa_full_tokens_ratio; model_executor/pool_configurator.py "
+                "HybridSWAPoolConfigurator): concurrency and the longest context count the full pool; a new "
+                "request must also find its window plus a prefill chunk free in the SWA pool "
+                "(managers/schedule_policy.py PrefillAdder)")
+        return notes
+
+
+def sglang_pools(c: Curve, budget: int) -> SglangPools:
+    """SGLang's pools for ``budget`` bytes per GPU: tokens = budget // bytes per token, in whole
+    pages; for a hybrid SWA model (its window rule ``POOL_SHARE``) the full pool's tokens from
+    budget // (full bytes + 0.8 x sliding bytes per token), in SGLang's own float arithmetic, and the
+    SWA pool's as 0.8 of them. Pipeline stages keep the fewest (an all-reduce MIN)."""
     page = c.engine.page_tokens
-    num_blocks = budget // (c.per_gpu_bytes_per_token * page)
-    concurrency = num_blocks / ceil_div(max_model_len, page)
-    return (f"GPU KV cache size: {int(concurrency * max_model_len):,} tokens, Maximum concurrency for "
-            f"{max_model_len:,} tokens per request: {concurrency:.2f}x")
+    if c.engine.window_rule is not WindowRule.POOL_SHARE:
+        return SglangPools(budget // c.per_gpu_bytes_per_token // page * page, None)
+    full = []
+    for stage in c.stages:
+        every = sum(sum(r.bytes for r in g.rows if r.growth is Growth.EVERY) * g.layers for g in stage)
+        cell = float(every)
+        for g in stage:
+            swa = sum(r.bytes for r in g.rows if r.growth in (Growth.WINDOW, Growth.CHUNK))
+            if swa:
+                cell += SWA_FULL_TOKENS_RATIO * swa * g.layers
+        if not every:
+            raise OptionError("SGLang's pool for a model whose every layer slides (all SWA) is not modelled")
+        full.append(int(budget // cell) // page * page)
+    tokens = min(full)
+    return SglangPools(tokens, int(tokens * SWA_FULL_TOKENS_RATIO) // page * page)
+
+
+def _vllm_notes(spec: ModelSpec, c: Curve, vllm: VllmCapacity, options: Options) -> list[str]:
+    notes = [f"vLLM logs, with this KV budget: {vllm.line}"]
+    if c.uniform:
+        return notes
+    in_flight = (f"{in_flight_batches(options.parallel.pp)} x max_num_batched_tokens "
+                 f"{options.max_num_batched_tokens:,}")
+    counts = spec.layer_counts
+    rules = []
+    if counts[LayerKind.SLIDING] or isinstance(spec.attention, CompressedAttention):
+        rules.append(f"a sliding window the pages of window - 1 + {in_flight} tokens, plus one")
+    if counts[LayerKind.CHUNKED]:
+        rules.append(f"a chunk the pages of chunk + {in_flight} tokens")
+    notes.append(
+        f"vLLM reserves {vllm.request_blocks:,} blocks of {vllm.block_bytes:,} B to admit a request of "
+        f"{options.seq_len:,} tokens -- for {' and '.join(rules)} (v1/kv_cache_interface.py "
+        "max_admission_blocks_per_request) -- and counts concurrency and the longest context on it")
+    held = c.peak_per_gpu_bytes(options.seq_len)
+    running = 1 + (vllm.usable_blocks - vllm.request_blocks) * vllm.block_bytes // held
+    if running > vllm.admitted:
+        notes.append(
+            f"once prefilled a sequence holds {held:,} B; vLLM's scheduler admits the next request when "
+            f"its reservation is free, so up to {running:,} sequences can run at once when their "
+            "prefills do not overlap (--max-num-batched-tokens changes the reservation)")
+    return notes
 
 
 _UNBOUNDED = 1 << 40
@@ -238,7 +391,7 @@ def _smallest_tp(spec, options: Options, mem: int, weights_dtype, mem_util, rese
 
 
 def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: int,
-           given: str | None) -> list[str]:
+           given: str | None, own_rules: bool) -> list[str]:
     notes = []
     if not fits:
         more = f"; the smallest tp that fits is {smallest}" if smallest else "; no tp fits"
@@ -246,7 +399,9 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
             f"the weights alone ({weights / GIB:.1f} GiB per GPU) leave no KV budget in "
             f"{usable / GIB:.1f} GiB usable minus {reserve / GIB:.1f} GiB reserve{more}"
         )
-    if isinstance(spec.attention, CompressedAttention):
+    if own_rules:
+        pass  # the engine's own pools decide (``_vllm_notes``, ``SglangPools.notes``)
+    elif isinstance(spec.attention, CompressedAttention):
         notes.append(
             "tokens that fit count every layer's window whole and compressed entries at 1/R (the "
             "full-context rate); windows, compressor state and block padding are bounded per sequence, "

@@ -33,7 +33,8 @@ def breakdown(f) -> list[BreakdownLine]:
 
     lines = [
         size("GPU memory", f.gpu_mem_bytes),
-        size(f"× mem-util {f.mem_util}", f.usable_bytes),
+        size(f"× {'mem_fraction_static' if f.engine.startswith('sglang') else 'mem-util'} {f.mem_util}",
+             f.usable_bytes),
         size("− weights on this GPU", f.weights_bytes_per_gpu),
         size("− reserve (activations, runtime)", f.reserve_bytes),
         size("= KV budget per GPU", f.kv_budget_bytes_per_gpu),
@@ -42,10 +43,17 @@ def breakdown(f) -> list[BreakdownLine]:
     ]
     if not f.weights_fit:
         return lines
+    vllm = f.max_num_batched_tokens is not None
+    if vllm:
+        lines.append(size(f"reserved to admit one {humanize_tokens(f.seq_len)} sequence",
+                          f.request_bytes_per_gpu))
+    admitted = " (vLLM's reservation)" if vllm else ""
     return lines + [
-        BreakdownLine(f"tokens that fit (pages of {f.page_tokens})", f"{f.max_tokens:,}"),
-        BreakdownLine(f"concurrent sequences at {humanize_tokens(f.seq_len)}", f"{f.max_concurrency:,}"),
-        BreakdownLine("longest context, one sequence", context),
+        BreakdownLine("tokens, as vLLM logs them" if vllm else f"tokens that fit (pages of {f.page_tokens})",
+                      f"{f.max_tokens:,}"),
+        BreakdownLine(f"concurrent sequences at {humanize_tokens(f.seq_len)}{admitted}",
+                      f"{f.max_concurrency:,}"),
+        BreakdownLine(f"longest context, one sequence{admitted}", context),
     ]
 
 
@@ -62,8 +70,18 @@ FIT_COLUMNS = tuple(
         "model", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len", "gpu_mem_bytes",
         "mem_util", "weights_bytes_per_gpu", "reserve_bytes", "kv_budget_bytes_per_gpu",
         "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens", "max_concurrency", "max_context",
-        "context_capped", "weights_fit", "smallest_tp", "engine_log",
+        "context_capped", "weights_fit", "smallest_tp", "max_num_batched_tokens", "request_bytes_per_gpu",
+        "engine_log",
     )
+)
+
+
+CHECK_COLUMNS = (
+    Column("figure", "Figure", lambda f: f.name),
+    Column("logged", "Log", lambda f: f.logged, Kind.COUNT_TEXT),
+    Column("computed", "kvcalc", lambda f: f.computed, Kind.COUNT_TEXT),
+    Column("verdict", "", lambda f: str(f.verdict)),
+    Column("source", "", lambda f: f.source, human=False),
 )
 
 
@@ -165,6 +183,7 @@ COMPARE_COLUMNS = (
     Column("bytes_per_token", "B/token", lambda r: _fp(r).bytes_per_token, Kind.COUNT),
     Column("total_bytes", "KV cache", lambda r: _fp(r).total_bytes, Kind.BYTES),
     Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES),
+    Column("request_bytes", "Reserved", lambda r: _fp(r).request_bytes, Kind.BYTES, human=False),
     Column("gpus", "GPUs", lambda r: _fp(r).gpus, Kind.COUNT, human=False),
     Column(
         "mha_equivalent_bytes", "MHA-equiv", lambda r: r.mha_equivalent.total_bytes, Kind.BYTES
@@ -295,6 +314,7 @@ def show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals:
             "seq_len": fp.seq_len,
             "batch": fp.batch,
             "total_bytes": fp.total_bytes,
+            "request_bytes": fp.request_bytes,
             "per_gpu_bytes": fp.per_gpu_bytes,
             "gpu_parts": [{c.key: c.value(p) for c in parts} for p in fp.gpu_parts],
         }

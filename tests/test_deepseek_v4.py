@@ -390,6 +390,12 @@ def test_fit_counts_sequences_in_whole_blocks():
 
     spec = load_bundled("deepseek-v4-flash")
     result = fit(spec, vllm(131_072, parallel=Parallel(tp=8)), gpu_name="H200", gpu_mem_bytes=141 * 10**9)
-    per_sequence = (2 + 2 + 512 + 2 + 16) * FLASH_BLOCK  # replicated on every TP rank
-    assert result.max_concurrency == result.kv_budget_bytes_per_gpu // per_sequence > 0
+    # vLLM admits on its reservation (docs/facts/vllm-0.33-deepseek-v4.md section 4), M = 2 x 8,192:
+    # G0, G1: cdiv(127 + M, 64) + 1; G2: cdiv(L, 256); G3: cdiv(7 + M, 4) + 1; G4: cdiv(127 + M, 8) + 1
+    reserved = 2 * 259 + 512 + 4099 + 2065
+    blocks = result.kv_budget_bytes_per_gpu // FLASH_BLOCK  # replicated on every TP rank
+    assert result.request_bytes_per_gpu == reserved * FLASH_BLOCK
+    assert result.max_concurrency == (blocks - 1) // reserved > 0
+    assert result.engine_log == (f"GPU KV cache size: {int(blocks / reserved * 131_072):,} tokens, Maximum "
+                                 f"concurrency for 131,072 tokens per request: {blocks / reserved:.2f}x")
     assert result.page_tokens == 1

@@ -6,7 +6,7 @@ from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.catalog import load_bundled
 from kvcalc.engines import get_engine
 from kvcalc.errors import OptionError
-from kvcalc.parallel import Parallel
+from kvcalc.parallel import Parallel, ceil_div
 
 V3 = load_bundled("deepseek-v3")
 
@@ -123,9 +123,12 @@ def test_sglang_holds_every_token_outside_its_hybrid_swa_list(name, per_token):
 
 
 def test_sglang_keeps_windows_apart_for_the_architectures_it_lists():
+    """...in an SWA pool sized off the full one, not at the window (test_sglang_charges_hybrid_swa_...)."""
     seq = 32_768
-    assert fp("gpt-oss-120b", seq, engine="sglang").total_bytes == fp("gpt-oss-120b", seq).total_bytes
+    every_token = 36 * 2048 * seq
+    assert fp("gpt-oss-120b", seq).total_bytes < fp("gpt-oss-120b", seq, engine="sglang").total_bytes < every_token
     assert "GptOssForCausalLM" in get_engine("sglang").hybrid_swa
+    assert "Gemma3ForConditionalGeneration" not in get_engine("sglang").hybrid_swa
 
 
 def test_sglang_explains_why_a_sliding_layer_holds_every_token():
@@ -171,3 +174,48 @@ def test_vllm_pads_per_pipeline_stage():
     per_layer = 2 * 8 * 256 * 2
     assert f.per_gpu_bytes == per_layer * (11 * 32_768 + 11 * 4096)
     assert f.total_bytes == per_layer * (21 * 32_768 + 21 * 4096)
+
+
+def test_request_bytes_are_vllms_reservation(cli):
+    """compare's JSON carries what vLLM reserves to admit the sequence beside what it holds."""
+    import json
+
+    status, out, _ = cli("compare", "gemma-3-27b", "llama-3.1-8b", "--seq", "32k", "--engine", "vllm",
+                         "--format", "json")
+    gemma, llama = json.loads(out)
+    assert status == 0
+    assert gemma["total_bytes"] == 3_187_671_040  # held: 60 padded sliding + 10 full layers
+    assert gemma["request_bytes"] == (2048 + 6 * 1089) * 10 * 16 * 8192
+    assert llama["request_bytes"] == llama["total_bytes"]
+    status, out, _ = cli("compare", "gemma-3-27b", "--seq", "32k", "--engine", "vllm", "--format", "json",
+                         "--max-num-batched-tokens", "2048")
+    assert json.loads(out)[0]["request_bytes"] == (2048 + 6 * (ceil_div(1023 + 4096, 16) + 1)) * 10 * 16 * 8192
+
+
+def test_sglang_charges_hybrid_swa_layers_their_pool_share():
+    """gpt-oss is a hybrid SWA model in SGLang: its SWA pool is 0.8 of the full pool's tokens, so a
+    sequence's sliding layers cost ceil(0.8 x tokens) rows, whatever the window."""
+    from kvcalc.catalog import load_bundled
+
+    fp = footprint(load_bundled("gpt-oss-120b"), Options(32_768, engine="sglang"))
+    sliding = [p for p in fp.parts if p.layer_kind == "sliding"]
+    assert {p.cells for p in sliding} == {26_215}  # ceil(0.8 x 32,768)
+    assert fp.total_bytes == 18 * 2048 * (32_768 + 26_215)
+    assert fp.request_bytes == fp.total_bytes
+
+
+@pytest.mark.parametrize("name", ["gemma-2-27b", "gemma-3-27b", "gemma-3n-e4b", "gpt-oss-20b", "llama-4-scout",
+                                  "mistral-7b-v0.1", "deepseek-v4-flash", "llama-3.1-8b"])
+def test_vllm_never_holds_more_than_it_reserves(name):
+    """vLLM sizes a request's admission cap so that what it holds never exceeds it
+    (single_type_kv_cache_manager.py get_num_blocks_to_allocate): at every length, in whole blocks."""
+    from kvcalc.analytic import curve, in_flight_tokens
+
+    spec = load_bundled(name)
+    kv = "fp8_ds_mla" if name.startswith("deepseek-v4") else "bf16"
+    options = Options(1, engine="vllm", kv_dtype=kv)
+    c = curve(spec, options)
+    for length in (1, 15, 16, 17, 127, 128, 129, 1023, 1024, 1025, 8192, 16_384, 20_000, 131_072, 1_000_003):
+        held = c.peak_per_gpu_bytes(length)
+        reserved = c.request_blocks(length, in_flight_tokens(options)) * c.block_bytes[0]
+        assert held % c.block_bytes[0] == 0 and held <= reserved

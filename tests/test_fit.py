@@ -9,7 +9,7 @@ from kvcalc.catalog import load_bundled
 from kvcalc.errors import OptionError
 from kvcalc.fit import GIB, check_parallel, fit, weights_bytes
 from kvcalc.hardware import GPUS, get_gpu
-from kvcalc.parallel import Parallel
+from kvcalc.parallel import Parallel, ceil_div
 from kvcalc.units import parse_bytes
 
 V3 = load_bundled("deepseek-v3")
@@ -176,10 +176,90 @@ def test_vllm_capacity_line_as_vllm_logs_it():
     assert f"vLLM logs, with this KV budget: {f.engine_log}" in f.notes
 
 
-def test_vllm_capacity_line_is_not_guessed_for_sliding_layers():
-    f = fit(load_bundled("gpt-oss-120b"), Options(32_768, engine="vllm"), gpu_name="h200",
+def test_vllm_admits_gemma_3_on_its_reservation_not_on_what_it_holds():
+    """Gemma-3-27B at 32k on an H200: vLLM logs ~6.9x, where counting sliding layers at their
+    window says 24. 10 full + 52 sliding layers in groups of 10 (6 sliding groups); a request
+    reserves cdiv(32,768, 16) pages in the full group and cdiv(1,023 + 2 x 8,192, 16) + 1 in each
+    sliding one (v1/kv_cache_interface.py max_admission_blocks_per_request)."""
+    f = fit(load_bundled("gemma-3-27b"), Options(32_768, engine="vllm"), gpu_name="h200",
+            gpu_mem_bytes=H200.memory_bytes)
+    block = 10 * 16 * (2 * 16 * 128 * 2)
+    reserved = 2048 + 6 * (1088 + 1)
+    blocks = f.kv_budget_bytes_per_gpu // block
+    assert f.max_num_batched_tokens == 8192  # vllm serve's default on an H200
+    assert f.request_bytes_per_gpu == reserved * block
+    assert f.max_concurrency == (blocks - 1) // reserved == 6
+    assert f.engine_log == (f"GPU KV cache size: {int(blocks / reserved * 32_768):,} tokens, Maximum concurrency "
+                            f"for 32,768 tokens per request: {blocks / reserved:.2f}x") == (
+        "GPU KV cache size: 226,222 tokens, Maximum concurrency for 32,768 tokens per request: 6.90x")
+    assert f.max_tokens == 226_222  # what vLLM logs as its GPU KV cache size
+    held = any("up to 21 sequences can run at once when their prefills do not overlap" in n for n in f.notes)
+    assert held
+
+
+def test_max_num_batched_tokens_changes_the_reservation():
+    spec = load_bundled("gemma-3-27b")
+    small = fit(spec, Options(32_768, engine="vllm", max_num_batched_tokens=2048), gpu_name="h200",
+                gpu_mem_bytes=H200.memory_bytes)
+    assert small.request_bytes_per_gpu == (2048 + 6 * (ceil_div(1023 + 4096, 16) + 1)) * 10 * 16 * 8192
+    assert small.max_concurrency > 6
+    b200 = fit(spec, Options(32_768, engine="vllm"), gpu_name="b200", gpu_mem_bytes=get_gpu("b200").memory_bytes)
+    assert b200.max_num_batched_tokens == 2048  # vllm serve's default from 160 GiB
+    a100 = fit(spec, Options(32_768, engine="vllm"), gpu_name="a100-80gb",
+               gpu_mem_bytes=get_gpu("a100-80gb").memory_bytes)
+    assert a100.max_num_batched_tokens == 2048
+    with pytest.raises(OptionError, match="--max-num-batched-tokens: vLLM's scheduler budget; sglang@default"):
+        curve(spec, Options(1, engine="sglang", max_num_batched_tokens=2048))
+
+
+def test_vllm_longest_context_is_the_longest_reservation_that_fits():
+    """vLLM refuses to start when one request of max_model_len does not fit (kv_cache_planning.py
+    _check_enough_kv_cache_memory, the null block set aside). With 3,001 blocks of Gemma-3-27B, a
+    request of L <= 17,407 tokens reserves cdiv(L, 16) + 6 x (cdiv(L, 16) + 1) blocks: at most 3,000
+    when cdiv(L, 16) <= 427."""
+    spec = load_bundled("gemma-3-27b")
+    block = 10 * 16 * 8192
+    memory = weights_bytes(spec.params, "bf16") + 3001 * block + 5
+    f = fit(spec, Options(32_768, engine="vllm", max_num_batched_tokens=8192), gpu_name="exact",
+            gpu_mem_bytes=memory, mem_util="1", reserve_bytes=0)
+    assert f.kv_budget_bytes_per_gpu // block == 3001
+    assert f.max_context == 427 * 16 and not f.context_capped
+    assert f.max_concurrency == 0  # no 32k request fits
+    # vllm serve's default on a GPU under 70 GiB is 2,048: past 1,023 + 4,096 tokens the sliding
+    # groups reserve 321 blocks each, so cdiv(L, 16) <= 3,000 - 1,926
+    small = fit(spec, Options(32_768, engine="vllm"), gpu_name="exact", gpu_mem_bytes=memory, mem_util="1",
+                reserve_bytes=0)
+    assert small.max_num_batched_tokens == 2048 and small.max_context == 1074 * 16
+
+
+def test_sglang_budget_is_mem_fraction_static_less_weights():
+    """SGLang gives weights and KV pools mem_fraction_static of the memory; activations and CUDA
+    graphs live in the rest, so no reserve comes out of the KV budget."""
+    f = fit(load_bundled("llama-3.1-8b"), Options(32_768, engine="sglang"), gpu_name="h200",
+            gpu_mem_bytes=H200.memory_bytes, mem_util="0.903")
+    assert f.reserve_bytes == 0
+    assert f.kv_budget_bytes_per_gpu == int(H200.memory_bytes * 0.903) - 16_060_000_000
+    assert f.max_tokens == f.kv_budget_bytes_per_gpu // 131_072
+    assert f.engine_log == f"max_total_num_tokens={f.max_tokens}"
+
+
+def test_sglang_sizes_gpt_oss_pools_by_the_swa_ratio():
+    """gpt-oss-120b is a hybrid SWA model in SGLang: full pool = budget // (18 full layers + 0.8 x 18
+    sliding layers' bytes per token), SWA pool = 0.8 of it (pool_configurator.py)."""
+    f = fit(load_bundled("gpt-oss-120b"), Options(32_768, engine="sglang"), gpu_name="h200",
             gpu_mem_bytes=H200.memory_bytes, weights_dtype="mxfp4")
-    assert f.engine_log is None
-    assert any("admission reservation (max_num_batched_tokens): not modelled yet" in n for n in f.notes)
-    assert fit(load_bundled("llama-3.1-8b"), Options(32_768), gpu_name="h200",
-               gpu_mem_bytes=H200.memory_bytes).engine_log is None  # no engine, no log
+    full = int(f.kv_budget_bytes_per_gpu // (36_864 + 0.8 * 36_864))
+    assert f.max_tokens == full == 1_108_023
+    assert f.engine_log == f"Use sliding window memory pool. full_layer_tokens={full}, swa_layer_tokens={int(full * 0.8)}"
+    assert f.max_concurrency == full // 32_768 == 33
+    assert f.max_context == 131_072 and f.context_capped
+
+
+def test_sglang_keeps_gemma_3_in_one_pool():
+    f = fit(load_bundled("gemma-3-27b"), Options(32_768, engine="sglang"), gpu_name="h200",
+            gpu_mem_bytes=H200.memory_bytes)
+    assert f.max_tokens == f.kv_budget_bytes_per_gpu // (62 * 8192)  # every layer, every token
+    assert f.max_concurrency == f.max_tokens // 32_768
+    assert f.engine_log == f"max_total_num_tokens={f.max_tokens}"
+
+

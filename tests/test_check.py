@@ -1,0 +1,92 @@
+"""kvcalc check: an engine's start-up log against kvcalc's arithmetic (fixtures: tests/data/logs)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvcalc.check import LogError, check_log
+
+LOGS = Path(__file__).parent / "data" / "logs"
+
+
+def figures(check) -> dict[str, tuple[str, str, str]]:
+    return {f.name: (f.logged, f.computed, str(f.verdict)) for f in check.figures}
+
+
+def test_vllm_uniform_log_agrees():
+    check = check_log(LOGS / "vllm-llama-3.1-8b.log")
+    assert check.engine == "vllm" and check.version == "0.33.0" and check.model == "llama-3.1-8b"
+    assert figures(check) == {
+        "GPU KV cache size (tokens)": ("888,032", "887,968 .. 888,048", "agree"),
+        "Maximum concurrency": ("6.78x", "6.77x .. 6.78x", "agree"),
+    }
+    assert dict(check.settings)["max_num_batched_tokens"] == "8,192 (logged); in flight 16,384"
+
+
+def test_vllm_sliding_log_agrees_on_the_admission_reservation():
+    check = check_log(LOGS / "vllm-gemma-3-27b.log", model="gemma-3-27b")
+    assert check.agrees
+    assert figures(check)["Maximum concurrency"] == ("6.90x", "6.90x .. 6.90x", "agree")
+
+
+def test_a_log_whose_figures_are_off_disagrees(cli):
+    check = check_log(LOGS / "vllm-gemma-3-27b-wrong.log", model="gemma-3-27b")
+    assert not check.agrees
+    assert figures(check)["Maximum concurrency"] == ("24.30x", "6.90x .. 6.90x", "disagree")
+    status, out, _ = cli("check", str(LOGS / "vllm-gemma-3-27b-wrong.log"), "--model", "gemma-3-27b")
+    assert status == 1 and "some figures disagree with the logged memory" in out
+
+
+def test_sglang_logs_agree():
+    plain = check_log(LOGS / "sglang-llama-3.1-8b.log")
+    assert plain.engine == "sglang" and plain.agrees
+    assert figures(plain)["max_running_requests"] == ("3,468", "3,468", "agree")
+    hybrid = check_log(LOGS / "sglang-gpt-oss-120b.log")
+    assert hybrid.agrees
+    assert figures(hybrid)["SWA pool #tokens = 0.8 x full, in pages"] == ("886,418", "886,418", "agree")
+    assert figures(hybrid)["Full pool #tokens (from its 19.02 + 19.02 GB)"][2] == "agree"
+
+
+def test_a_wrong_bytes_per_token_disagrees(tmp_path):
+    """The same SGLang log read as if the model were Llama-3.1-70B: its pool bytes do not match."""
+    check = check_log(LOGS / "sglang-llama-3.1-8b.log", model="llama-3.1-70b")
+    assert not check.agrees
+    assert figures(check)["Full pool #tokens (from its 54.20 + 54.20 GB)"][2] == "disagree"
+
+
+def test_check_exit_codes_and_json(cli, tmp_path):
+    status, out, _ = cli("check", str(LOGS / "vllm-llama-3.1-8b.log"), "--format", "json")
+    doc = json.loads(out)
+    assert status == 0 and doc["agrees"] is True and doc["engine"] == "vllm"
+    assert doc["figures"][0] == {"figure": "GPU KV cache size (tokens)", "logged": "888,032",
+                                 "computed": "887,968 .. 888,048", "verdict": "agree",
+                                 "source": "v1/core/kv_cache_utils.py update_kv_cache_capacity"}
+    status, _, err = cli("check", str(LOGS / "vllm-gemma-3-27b.log"))
+    assert status == 2
+    assert err == (f"kvcalc: error: {LOGS / 'vllm-gemma-3-27b.log'}: the log's model 'google/gemma-3-27b-it' "
+                   "is not a bundled model or a spec file; name one with --model\n")
+    cut = tmp_path / "cut.log"
+    cut.write_text("".join(line for line in (LOGS / "vllm-llama-3.1-8b.log").read_text().splitlines(True)
+                           if "Available KV cache memory" not in line))
+    status, _, err = cli("check", str(cut))
+    assert (status, err) == (2, f"kvcalc: error: {cut}: no \"Available KV cache memory: X GiB\" line\n")
+    other = tmp_path / "other.log"
+    other.write_text("hello\n")
+    status, _, err = cli("check", str(other))
+    assert status == 2 and "neither a vLLM log" in err
+    status, _, err = cli("check", str(tmp_path))
+    assert (status, err) == (2, f"kvcalc: error: {tmp_path}: is a folder, not a log file\n")
+
+
+def test_the_logged_max_num_batched_tokens_decides_the_reservation(tmp_path):
+    """Without the "Chunked prefill is enabled" line kvcalc takes vllm serve's H200 default (8,192);
+    a log served with 2,048 reserves less, so its figures disagree with 8,192 and agree with 2,048."""
+    text = (LOGS / "vllm-gemma-3-27b.log").read_text()
+    bare = tmp_path / "bare.log"
+    bare.write_text("".join(line for line in text.splitlines(True) if "Chunked prefill" not in line))
+    assert check_log(bare, model="gemma-3-27b").agrees
+    assert "assumed" in dict(check_log(bare, model="gemma-3-27b").settings)["max_num_batched_tokens"]
+    assert not check_log(bare, model="gemma-3-27b", max_num_batched_tokens=2048).agrees
+    with pytest.raises(LogError, match="a vLLM setting; this is an SGLang log"):
+        check_log(LOGS / "sglang-llama-3.1-8b.log", max_num_batched_tokens=2048)
