@@ -162,7 +162,7 @@ class Engine:
         elif kv_dtype == "nvfp4_ds_mla":
             raise OptionError(f"--kv-dtype {kv_dtype}: vLLM serves it with FlashMLA's sparse backend only, "
                               "on SM100: DeepSeek Sparse Attention models (DeepSeek-V3.2, GLM-5)")
-        if chunked and self.chunk_rule is None:
+        if chunked and self.chunk_rule is None and self.hybrid_swa is None:  # SGLang: ``for_architecture``
             raise OptionError(f"--engine {self.name}: how it caches chunked local attention "
                               "(attention_chunk_size) is not modelled")
         if kind_shapes and not self.kind_shapes:
