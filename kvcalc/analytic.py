@@ -132,6 +132,8 @@ class Footprint:
     request_bytes: int
     """What the engine reserves to admit ``batch`` sequences of ``seq_len`` tokens, over the whole
     cache: vLLM's admission reservation; ``total_bytes`` where an engine reserves what it holds."""
+    in_flight: int
+    """vLLM's tokens scheduled but not settled, which its reservation counts (0 elsewhere)."""
     parallel: Parallel
     gpu_parts: tuple[Part, ...]
     """What the fullest GPU holds."""
@@ -258,10 +260,19 @@ class Curve:
 
     def request_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
         """What the engine reserves to admit ``batch`` sequences of ``seq_len`` tokens, the whole
-        cache (``_admission_cells``); what they hold where it reserves that."""
+        cache (``admission_cells``); what they hold where it reserves that."""
         if self.block_bytes is None:
             return self.total_bytes(seq_len, batch)
         return _admission_bytes(self.whole_terms, self.engine, seq_len, batch, in_flight)
+
+    def request_per_gpu_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
+        """What the fullest GPU reserves to admit ``batch`` sequences of ``seq_len`` tokens (vLLM);
+        elsewhere the most it holds on the way there (``peak_per_gpu_bytes``)."""
+        if self.block_bytes is None:
+            return self.peak_per_gpu_bytes(seq_len, batch)
+        tokens, seqs = self._per_rank(seq_len, batch)
+        return max(_admission_bytes(terms, self.engine, tokens, seqs, in_flight)
+                   for terms in self.stage_terms)
 
     def request_blocks(self, seq_len: int, in_flight: int) -> int:
         """vLLM's blocks per request of ``seq_len`` tokens, summed over its KV-cache groups: what
@@ -278,6 +289,13 @@ class Curve:
                 raise AssertionError(f"{reserved:,} B reserved is not whole blocks of {block:,} B")
             counts.add(reserved // block)
         return max(counts)
+
+    def usable_blocks(self, budget: int) -> int:
+        """vLLM: the blocks ``budget`` bytes per GPU give a request -- the pool of the stage with the
+        fewest, less its null block (v1/core/block_pool.py)."""
+        if self.block_bytes is None:
+            raise ValueError("only a vLLM curve counts blocks")
+        return min(budget // b for b in self.block_bytes if b) - 1
 
     @property
     def uniform(self) -> bool:
@@ -354,6 +372,7 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
         mtp_layers=mtp,
         parts=whole,
         request_bytes=request,
+        in_flight=in_flight_tokens(options) if c.block_bytes else 0,
         parallel=par,
         gpu_parts=gpu,
         notes=tuple(_notes(spec, cache, par, options, mtp)),
@@ -546,11 +565,11 @@ def _bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int) -> i
 
 
 def _admission_bytes(terms: tuple[Term, ...], engine: Engine, tokens: int, seqs: int, in_flight: int) -> int:
-    return sum(size * _admission_cells(engine, growth, span, page, tokens, in_flight)
+    return sum(size * admission_cells(engine, growth, span, page, tokens, in_flight)
                for growth, span, page, size in terms) * seqs
 
 
-def _admission_cells(engine: Engine, growth: Growth, span: int | None, page: int | None, tokens: int,
+def admission_cells(engine: Engine, growth: Growth, span: int | None, page: int | None, tokens: int,
                      in_flight: int) -> int:
     """Rows vLLM reserves in a layer to admit one sequence of ``tokens`` (its max_model_len), with
     ``in_flight`` tokens scheduled but not settled (v1/kv_cache_interface.py

@@ -349,8 +349,8 @@ WeightsDtypeOpt = Annotated[
                  "\\[default: as the checkpoint stores them where the spec says, else bf16]."),
 ]
 MemUtilOpt = Annotated[
-    str, typer.Option("--mem-util", "--gpu-memory-utilization", "--mem-fraction-static",
-                      help="Fraction of GPU memory the engine may use (vLLM: 0.9); SGLang's "
+    str | None, typer.Option("--mem-util", "--gpu-memory-utilization", "--mem-fraction-static",
+                      help="Fraction of GPU memory the engine may use \\[default: 0.9, vLLM's]; SGLang's "
                            "mem_fraction_static, which it picks per GPU (0.903 for GQA on one H200): "
                            "give the value its server_args line logs.")
 ]
@@ -381,7 +381,7 @@ def fit_command(
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
     dp_attention: DpAttentionOpt = 1,
-    mem_util: MemUtilOpt = "0.9",
+    mem_util: MemUtilOpt = None,
     reserve: ReserveOpt = None,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
@@ -456,6 +456,7 @@ def plot(
     mtp: MtpOpt = False,
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
+    max_num_batched_tokens: BatchedTokensOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -463,8 +464,10 @@ def plot(
     mem_util: MemUtilOpt = "0.9",
     reserve: ReserveOpt = None,
 ) -> None:
-    """Chart KV cache per GPU against context, with each model's KV budget on the GPU."""
-    from kvcalc.analytic import curve
+    """Chart KV cache per GPU against context, with each model's KV budget on the GPU (under vLLM,
+    what it reserves to admit the sequences)."""
+    from kvcalc.analytic import curve, in_flight_tokens
+    from kvcalc.engines import get_engine, vllm_batched_tokens
     from kvcalc.fit import gpu_budget, resolved_weights_dtype
     from kvcalc.plot import Series, render_plot
 
@@ -472,15 +475,18 @@ def plot(
     top = parse_tokens(seq_max, "--seq-max")
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     gpu_name, memory = _gpu_memory(gpu, gpu_mem) if (gpu or gpu_mem) else (None, None)
+    if engine and get_engine(engine).block_pool and max_num_batched_tokens is None and memory is not None:
+        max_num_batched_tokens = vllm_batched_tokens(gpu_name, memory)
     series = []
     specs = [resolve(m) for m in models]
     for spec in specs:
-        options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel)
+        options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
+                          max_num_batched_tokens)
         budget = None
         if memory is not None:
             budget = gpu_budget(spec, options, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                                 mem_util=mem_util, reserve_bytes=reserve_bytes).kv_bytes
-        series.append(Series(spec.display_name, curve(spec, options), budget))
+        series.append(Series(spec.display_name, curve(spec, options), budget, in_flight_tokens(options)))
     weights = ", ".join(sorted({resolved_weights_dtype(spec, weights_dtype) for spec in specs}))
     where = f" on {gpu_name}, dashed: KV budget after {weights} weights" if gpu_name else ""
     title = f"KV cache per GPU, {kv_dtype}, {engine or 'engine-neutral'}, tp {tp}{where}"

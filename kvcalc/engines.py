@@ -14,7 +14,7 @@ Sources, per profile:
   in an SWA pool sized at 0.8 of the full one (``WindowRule.POOL_SHARE``); the others keep every
   token on every layer (docs/facts/sglang-0.5.23-pools.md).
 - vLLM's admission: a request reserves more blocks than it holds for sliding and chunked layers
-  (``analytic._admission_cells``; ``max_num_batched_tokens``, ``in_flight_batches``).
+  (``analytic.admission_cells``; ``max_num_batched_tokens``, ``in_flight_batches``).
 - llama.cpp ``src/llama-kv-cache.cpp`` / ``llama-kv-cache-iswa.cpp``: the context is padded to 256
   cells; SWA layers get ``pad(min(n_ctx, n_swa * n_seq + n_ubatch), 256)`` cells, n_ubatch 512. MLA:
   per-head K and V before April 2025; K 576 + V 512 (the latent again) from April 2025; K 576 only
@@ -143,7 +143,7 @@ class Engine:
     architecture."""
     block_pool: bool = False
     """vLLM: layers form KV-cache groups of equal size whose pages share one pool of block ids, and a
-    request is admitted on the blocks it may reserve (``analytic._admission_cells``), not those it
+    request is admitted on the blocks it may reserve (``analytic.admission_cells``), not those it
     holds. Layers whose pages differ in bytes get their block sizes scaled or pages padded to one
     size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
 

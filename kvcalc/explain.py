@@ -7,7 +7,14 @@ Pure text: the CLI decides where it goes.
 
 from __future__ import annotations
 
-from kvcalc.analytic import COMPRESSED_LAYOUT, INDEXER_SCALE_GROUP, Footprint, Part, indexer_fp8_bytes
+from kvcalc.analytic import (
+    COMPRESSED_LAYOUT,
+    INDEXER_SCALE_GROUP,
+    Footprint,
+    Part,
+    admission_cells,
+    indexer_fp8_bytes,
+)
 from kvcalc.engines import COMPRESSED_RULES, CompressedCache, Engine, WindowRule
 from kvcalc.formats import PackedMlaFormat, StorageFormat, get_format
 from kvcalc.packing import PADDING
@@ -226,6 +233,31 @@ def _total_lines(fp: Footprint, groups: dict[Key, list[Part]]) -> list[str]:
         unit = "B/token" if first.growth in (Growth.EVERY, Growth.WINDOW, Growth.CHUNK) else "B"
         lines.append(f"  {label}: {row:,} {unit} × {held} = {group_total:,} B")
     lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
+    if fp.request_bytes != fp.total_bytes:
+        lines += _reservation_lines(fp)
+    return lines
+
+
+def _reservation_lines(fp: Footprint) -> list[str]:
+    """vLLM's admission reservation (``request_bytes``), per growth law, in pages of the sequence."""
+    seq, engine = fp.seq_len, fp.engine
+    lines = ["", f"vLLM reserves, to admit each sequence ({fp.in_flight:,} tokens in flight: "
+             "max_num_batched_tokens x the batches it keeps in flight):"]
+    laws: dict[tuple, Part] = {}
+    for p in fp.parts:
+        laws.setdefault((p.growth, p.span, p.page or engine.page_tokens), p)
+    for (growth, span, page), part in laws.items():
+        pages = admission_cells(engine, growth, span, page, seq, fp.in_flight) // (
+            page // span if growth is Growth.COMPRESSED else page)
+        if growth in (Growth.WINDOW, Growth.STATE_WINDOW):
+            rule = f"cdiv(min({span:,} - 1 + {fp.in_flight:,}, {seq:,}), {page}) + 1"
+        elif growth is Growth.CHUNK:
+            rule = f"cdiv(min({span:,} + {fp.in_flight:,}, {seq:,}), {page})"
+        else:
+            rule = f"cdiv({seq:,}, {page})"
+        lines.append(f"  {_kind_text(part)}: {rule} = {pages:,} pages of {page} tokens")
+    lines.append(f"  request_bytes: {fp.request_bytes:,} B ({humanize_bytes(fp.request_bytes)}), "
+                 f"beside {fp.total_bytes:,} B held")
     return lines
 
 

@@ -40,6 +40,8 @@ from kvcalc.plan import Growth
 from kvcalc.spec import CompressedAttention, LayerKind, ModelSpec
 
 GIB = 1 << 30
+DEFAULT_MEM_UTIL = "0.9"
+"""vLLM's gpu_memory_utilization default."""
 
 RESERVE_BYTES = {
     "ideal": 0,
@@ -153,7 +155,7 @@ def fit(
     gpu_name: str,
     gpu_mem_bytes: int,
     weights_dtype: str | None = None,
-    mem_util: str = "0.9",
+    mem_util: str | None = None,
     reserve_bytes: int | None = None,
 ) -> Fit:
     """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes.
@@ -166,6 +168,7 @@ def fit(
     c = curve(spec, options)
     par = options.parallel
     given = weights_dtype
+    given_util, mem_util = mem_util, mem_util or DEFAULT_MEM_UTIL
     weights_dtype = resolved_weights_dtype(spec, given)
     b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=weights_dtype,
                    mem_util=mem_util, reserve_bytes=reserve_bytes)
@@ -188,7 +191,7 @@ def fit(
     elif vllm is not None:
         max_tokens = vllm.tokens
         concurrency = vllm.admitted * par.dp_attention  # each DP rank its own engine core and pool
-        context = _largest(lambda n: c.request_blocks(n, in_flight) <= vllm.usable_blocks, limit=cap)
+        context = longest_context(c, budget, limit=cap, in_flight=in_flight)
     else:
         concurrency = _largest(lambda n: c.peak_per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
         context = longest_context(c, budget, limit=cap) if fits else 0
@@ -200,6 +203,10 @@ def fit(
         notes += _vllm_notes(spec, c, vllm, options)
     if pools is not None:
         notes += pools.notes(spec)
+    if c.engine.name.startswith("sglang") and given_util is None:
+        notes.append(f"mem_fraction_static {DEFAULT_MEM_UTIL} assumed: SGLang picks its own from the GPU, "
+                     "the model and tp (srt/arg_groups/memory_hook.py: 0.903 for a text GQA model on one "
+                     "H200) and logs it in server_args; give it with --mem-fraction-static")
     request = (vllm.request_blocks * vllm.block_bytes if vllm is not None
                else c.peak_per_gpu_bytes(options.seq_len))
     return Fit(
@@ -350,9 +357,16 @@ def _vllm_notes(spec: ModelSpec, c: Curve, vllm: VllmCapacity, options: Options)
 _UNBOUNDED = 1 << 40
 
 
-def longest_context(c: Curve, budget: int, *, batch: int = 1, limit: int | None = None) -> int | None:
+def longest_context(c: Curve, budget: int, *, batch: int = 1, limit: int | None = None,
+                    in_flight: int = 0) -> int | None:
     """The longest sequence whose per-GPU cache fits ``budget`` (at most ``limit``); None when
-    any length fits (every layer slides and nothing limits it)."""
+    any length fits (every layer slides and nothing limits it). Under vLLM: the longest whose
+    ``batch`` reservations fit its usable blocks (its start-up check, ``in_flight`` tokens in flight)."""
+    if c.block_bytes is not None:
+        blocks = c.usable_blocks(budget)
+        seqs = ceil_div(batch, c.parallel.dp_attention)
+        longest = _largest(lambda s: seqs * c.request_blocks(s, in_flight) <= blocks, limit=limit)
+        return None if longest == _UNBOUNDED else longest
     longest = _largest(lambda s: c.peak_per_gpu_bytes(s, batch) <= budget, limit=limit)
     return None if longest == _UNBOUNDED else longest
 

@@ -1,4 +1,5 @@
-"""KV cache against context, one line per model, with each model's KV budget on a GPU.
+"""KV cache against context, one line per model, with each model's KV budget on a GPU. Under vLLM a
+line is what it reserves to admit the sequences (``Curve.request_per_gpu_bytes``), as ``fit`` counts.
 
 matplotlib is an optional extra (``pip install 'kvcalc[plot]'``), imported only here; plotting
 never imports torch. Curves are evaluated exactly at every plotted length (``analytic.Curve``).
@@ -27,6 +28,14 @@ class Series:
     curve: Curve
     budget_bytes: int | None
     """The model's KV budget per GPU, when a GPU was given (negative: the weights do not fit)."""
+    in_flight: int = 0
+    """vLLM's tokens in flight, which its reservation counts (``analytic.in_flight_tokens``)."""
+
+    def bytes_at(self, seq_len: int, batch: int) -> int:
+        """What one GPU needs for ``batch`` sequences: vLLM's reservation, else the cache held."""
+        if self.curve.block_bytes is not None:
+            return self.curve.request_per_gpu_bytes(seq_len, batch, self.in_flight)
+        return self.curve.per_gpu_bytes(seq_len, batch)
 
 
 def lengths(seq_max: int) -> list[int]:
@@ -50,13 +59,13 @@ def render_plot(series: list[Series], seq_max: int, path: Path, title: str, batc
         label = s.label
         if s.budget_bytes is not None and s.budget_bytes <= 0:
             label += " (weights alone do not fit)"
-        ax.plot(xs, [s.curve.per_gpu_bytes(x, batch) / GIB for x in xs], color=color, label=label)
+        ax.plot(xs, [s.bytes_at(x, batch) / GIB for x in xs], color=color, label=label)
         if s.budget_bytes is None or s.budget_bytes <= 0:
             continue
         ax.axhline(s.budget_bytes / GIB, color=color, linestyle="--", linewidth=1)
-        crossing = longest_context(s.curve, s.budget_bytes, batch=batch, limit=seq_max)
+        crossing = longest_context(s.curve, s.budget_bytes, batch=batch, limit=seq_max, in_flight=s.in_flight)
         if crossing is not None and crossing < seq_max:  # the budget is reached inside the chart
-            y = s.curve.per_gpu_bytes(crossing, batch) / GIB
+            y = s.bytes_at(crossing, batch) / GIB
             ax.plot([crossing], [y], "o", color=color)
             ax.annotate(f"{crossing:,} tokens fit", (crossing, y), textcoords="offset points",
                         xytext=(-10, 8), ha="right", color=color, fontsize=8)

@@ -219,3 +219,14 @@ def test_vllm_never_holds_more_than_it_reserves(name):
         held = c.peak_per_gpu_bytes(length)
         reserved = c.request_blocks(length, in_flight_tokens(options)) * c.block_bytes[0]
         assert held % c.block_bytes[0] == 0 and held <= reserved
+
+
+def test_show_explains_vllms_reservation(cli):
+    status, out, _ = cli("show", "gemma-3-27b", "--engine", "vllm", "--seq", "32k", "--explain")
+    assert status == 0
+    assert ("  sliding layers (window 1,024): cdiv(min(1,024 - 1 + 16,384, 32,768), 16) + 1 = 1,089 pages of "
+            "16 tokens") in out
+    assert "  request_bytes: 11,248,599,040 B (10.5 GiB), beside 3,187,671,040 B held" in out
+    assert "max_admission_blocks_per_request" in out  # the rule cites its source
+    status, out, _ = cli("show", "llama-3.1-8b", "--engine", "vllm", "--seq", "32k", "--explain")
+    assert "vLLM reserves" not in out  # every layer keeps every token: it reserves what it holds

@@ -241,6 +241,7 @@ def test_sglang_budget_is_mem_fraction_static_less_weights():
     assert f.kv_budget_bytes_per_gpu == int(H200.memory_bytes * 0.903) - 16_060_000_000
     assert f.max_tokens == f.kv_budget_bytes_per_gpu // 131_072
     assert f.engine_log == f"max_total_num_tokens={f.max_tokens}"
+    assert not any("mem_fraction_static 0.9 assumed" in n for n in f.notes)
 
 
 def test_sglang_sizes_gpt_oss_pools_by_the_swa_ratio():
@@ -253,6 +254,8 @@ def test_sglang_sizes_gpt_oss_pools_by_the_swa_ratio():
     assert f.engine_log == f"Use sliding window memory pool. full_layer_tokens={full}, swa_layer_tokens={int(full * 0.8)}"
     assert f.max_concurrency == full // 32_768 == 33
     assert f.max_context == 131_072 and f.context_capped
+    assert f.mem_util == "0.9" and any(n.startswith("mem_fraction_static 0.9 assumed: SGLang picks its own")
+                                       for n in f.notes)
 
 
 def test_sglang_keeps_gemma_3_in_one_pool():
@@ -263,3 +266,19 @@ def test_sglang_keeps_gemma_3_in_one_pool():
     assert f.engine_log == f"max_total_num_tokens={f.max_tokens}"
 
 
+
+
+def test_plot_and_fit_agree_on_vllms_longest_context():
+    from kvcalc.analytic import in_flight_tokens
+    from kvcalc.fit import longest_context
+    from kvcalc.plot import Series
+
+    spec = load_bundled("gemma-3-27b")
+    options = Options(1_000_000, engine="vllm", max_num_batched_tokens=8192)
+    budget = 2 * GIB
+    c = curve(spec, options)
+    series = Series("gemma", c, budget, in_flight_tokens(options))
+    longest = longest_context(c, budget, in_flight=in_flight_tokens(options))
+    blocks = budget // c.block_bytes[0] - 1  # the null block set aside
+    assert c.request_blocks(longest, 16_384) <= blocks < c.request_blocks(longest + 1, 16_384)
+    assert series.bytes_at(longest, 1) == c.request_blocks(longest, 16_384) * c.block_bytes[0]
