@@ -264,7 +264,8 @@ def _sglang_figures(c: Curve, pools: dict[str, re.Match], swa: re.Match | None, 
         gib = [m[k] for k in ("k", "v", "kv") if m[k] is not None]
         low = sum(_gib_range(g)[0] for g in gib)
         high = sum(_gib_range(g)[1] for g in gib)
-        figures.append(_within(f"{label} pool #tokens (from its {' + '.join(gib)} GB)", f"{logged:,}", logged,
+        figures.append(_within(f"{label if hybrid else 'KV'} pool #tokens (from its {' + '.join(gib)} GB)",
+                               f"{logged:,}", logged,
                                max(low // per_token - page, 0), high // per_token - page, lambda v: f"{v:,}",
                                "srt/mem_cache/memory_pool.py: (#tokens + page) x bytes per token"))
     tokens = int(full["tokens"])

@@ -52,7 +52,7 @@ def test_a_wrong_bytes_per_token_disagrees(tmp_path):
     """The same SGLang log read as if the model were Llama-3.1-70B: its pool bytes do not match."""
     check = check_log(LOGS / "sglang-llama-3.1-8b.log", model="llama-3.1-70b")
     assert not check.agrees
-    assert figures(check)["Full pool #tokens (from its 54.20 + 54.20 GB)"][2] == "disagree"
+    assert figures(check)["KV pool #tokens (from its 54.20 + 54.20 GB)"][2] == "disagree"
 
 
 def test_check_exit_codes_and_json(cli, tmp_path):
@@ -90,3 +90,22 @@ def test_the_logged_max_num_batched_tokens_decides_the_reservation(tmp_path):
     assert not check_log(bare, model="gemma-3-27b", max_num_batched_tokens=2048).agrees
     with pytest.raises(LogError, match="a vLLM setting; this is an SGLang log"):
         check_log(LOGS / "sglang-llama-3.1-8b.log", max_num_batched_tokens=2048)
+
+
+def test_sglang_mla_pool_is_the_latent_on_every_tp_rank():
+    """DeepSeek-V3 on 8 GPUs: SGLang's MLATokenToKVPool keeps the 576-wide latent whole on every rank
+    (61 x 576 B in fp8 per token); a latent split 8 ways would put 8x the tokens in the logged GB."""
+    check = check_log(LOGS / "sglang-deepseek-v3-tp8.log")
+    assert check.model == "deepseek-v3" and check.agrees
+    assert figures(check)["KV pool #tokens (from its 45.23 GB)"] == ("1,382,133", "1,382,056 .. 1,382,362", "agree")
+    assert dict(check.settings)["tp x pp"] == "8 x 1"
+
+
+def test_vllm_mla_log_pages_of_64_and_the_latent_on_every_rank():
+    """DeepSeek-V3 on 8 GPUs with an fp8 cache: FlashMLA's pages of 64 tokens, 61 x 576 B per token
+    on every rank (v1/kv_cache_interface.py MLAAttentionSpec)."""
+    check = check_log(LOGS / "vllm-deepseek-v3-tp8.log")
+    assert check.model == "deepseek-v3" and check.agrees
+    settings = dict(check.settings)
+    assert settings["page"] == "64 tokens (vllm@flashmla)" and settings["kv-cache dtype"] == "fp8"
+    assert figures(check)["Maximum concurrency"] == ("8.44x", "8.44x .. 8.44x", "agree")
