@@ -467,12 +467,11 @@ def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_group
               for k, idx in layers.items()}
     ranges = [range(r.start, r.stop) for r in stages(spec.num_layers // spec.sublayers, par.pp)]
     ranges[-1] = range(ranges[-1].start, len(kinds))
-    widths = tuple(max(sum(i in span for i in g) for gs in groups.values() for g in gs) for span in ranges)
+    widths = tuple(_width(groups, span) for span in ranges)
     if len(layers) < 2:  # one group of every layer: nothing to pad
         return whole, stage_groups, widths
 
-    def padded(base: tuple[Group, ...], span: range) -> tuple[Group, ...]:
-        width = max(sum(i in span for i in g) for gs in groups.values() for g in gs)
+    def padded(base: tuple[Group, ...], span: range, width: int) -> tuple[Group, ...]:
         extra = []
         for g in base:
             pad = len(groups[g.kind]) * width - sum(i in span for i in layers[g.kind])
@@ -481,8 +480,13 @@ def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_group
                 extra.append(Group(packing.PADDING, pad, rows))
         return base + tuple(extra)
 
-    per_stage = tuple(padded(sg, r) for sg, r in zip(stage_groups, ranges, strict=True))
-    return padded(whole, range(len(kinds))), per_stage, widths
+    per_stage = tuple(padded(sg, r, w) for sg, r, w in zip(stage_groups, ranges, widths, strict=True))
+    return padded(whole, range(len(kinds)), _width(groups, range(len(kinds)))), per_stage, widths
+
+
+def _width(groups: dict, span: range) -> int:
+    """Layers of the widest KV-cache group among the layers in ``span``."""
+    return max(sum(i in span for i in g) for gs in groups.values() for g in gs)
 
 
 def _packed_curve(spec: ModelSpec, fmt: Format, engine: Engine, par: Parallel,

@@ -186,9 +186,8 @@ class Engine:
                 *self.rules, f"{architecture} is a hybrid SWA model (srt/configs/model_config.py "
                 "is_hybrid_swa_model): its sliding and chunked layers live in an SWA pool sized at "
                 f"swa_full_tokens_ratio {SWA_FULL_TOKENS_RATIO} of the full pool's tokens, whatever the "
-                "window "
-                "(model_executor/pool_configurator.py HybridSWAPoolConfigurator), so each token a sequence "
-                f"holds in the full pool costs {SWA_FULL_TOKENS_RATIO} of a token on those layers: "
+                "window (model_executor/pool_configurator.py HybridSWAPoolConfigurator), so each token a "
+                f"sequence holds in the full pool costs {SWA_FULL_TOKENS_RATIO} of a token on those layers: "
                 "ceil(0.8 x tokens) rows. What a sequence holds there at run time varies (its window, up to "
                 "128 decode tokens more, and its prompt's last window until it ends; srt/mem_cache/common.py "
                 "free_swa_out_of_window_slots), but the pool is set aside whatever it holds"))

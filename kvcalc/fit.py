@@ -202,7 +202,7 @@ def fit(
     if vllm is not None:
         notes += _vllm_notes(spec, c, vllm, options)
     if pools is not None:
-        notes += pools.notes(spec)
+        notes += pools.notes()
     if c.engine.name.startswith("sglang") and given_util is None:
         notes.append(f"mem_fraction_static {DEFAULT_MEM_UTIL} assumed: SGLang picks its own from the GPU, "
                      "the model and tp (srt/arg_groups/memory_hook.py: 0.903 for a text GQA model on one "
@@ -266,13 +266,8 @@ def vllm_capacity(c: Curve, budget: int, max_model_len: int, in_flight: int) -> 
     """vLLM's pool for ``budget`` bytes of KV cache per GPU, serving requests of ``max_model_len``
     with ``in_flight`` tokens scheduled but not settled. Every stage's GPU sizes its pool from its own
     blocks; vLLM keeps the fewest (kv_cache_planning.py ``get_kv_cache_configs``)."""
-    if c.block_bytes is None:
-        raise ValueError("vllm_capacity takes a vLLM curve")
-    blocks = [budget // b for b in c.block_bytes if b]  # a stage of shared layers only has no pool
-    stage = blocks.index(min(blocks))
-    return VllmCapacity(blocks[stage], [b for b in c.block_bytes if b][stage],
-                        c.request_blocks(max_model_len, in_flight),
-                        max_model_len)
+    return VllmCapacity(c.usable_blocks(budget) + 1, max(c.block_bytes),
+                        c.request_blocks(max_model_len, in_flight), max_model_len)
 
 
 @dataclass(frozen=True)
@@ -292,7 +287,7 @@ class SglangPools:
         return (f"Use sliding window memory pool. full_layer_tokens={self.full_tokens}, "
                 f"swa_layer_tokens={self.swa_tokens}")
 
-    def notes(self, spec: ModelSpec) -> list[str]:
+    def notes(self) -> list[str]:
         notes = [f"SGLang logs, with this KV budget: {self.line}"]
         if self.swa_tokens is not None:
             notes.append(
