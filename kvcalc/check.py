@@ -157,7 +157,9 @@ def _check_vllm(path: Path, text: str, model: str | None, batched: int | None,
     options = Options(max_len, kv_dtype=kv_dtype, engine="vllm", block_size=block_size,
                       parallel=Parallel(tp=tp, pp=pp, dcp=dcp), max_num_batched_tokens=batched)
     c = curve(spec, options)
-    memory = _search(_VLLM_MEMORY, text, path, "Available KV cache memory: X GiB")["gib"]
+    _search(_VLLM_MEMORY, text, path, "Available KV cache memory: X GiB")
+    # every worker logs its own; the pool is sized from the least (kv_cache_planning.py get_kv_cache_configs)
+    memory = min((m["gib"] for m in _VLLM_MEMORY.finditer(text)), key=float)
     capacity = _search(_VLLM_CAPACITY, text, path, "KV cache size: N tokens, Maximum concurrency for L "
                        "tokens per request: X.XXx")
     in_flight = batched * in_flight_batches(pp)
@@ -166,7 +168,7 @@ def _check_vllm(path: Path, text: str, model: str | None, batched: int | None,
         ("page", f"{c.engine.page_tokens} tokens ({c.engine.name})"), ("tp x pp", f"{tp} x {pp}"),
         ("max_model_len", f"{max_len:,}"),
         ("max_num_batched_tokens", f"{batched:,} ({batched_from}); in flight {in_flight:,}"),
-        ("KV cache memory", f"{memory} GiB"),
+        ("KV cache memory", f"{memory} GiB (the least any worker logs)"),
     )
     figures = _vllm_figures(c, memory, capacity, max_len, in_flight, path)
     if not version.startswith(VLLM_VERSION):

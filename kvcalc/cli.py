@@ -137,7 +137,7 @@ BatchedTokensOpt = Annotated[
     int | None,
     typer.Option("--max-num-batched-tokens", min=1, max=MAX_TOKENS,
                  help="vLLM's tokens per scheduler step, which its admission reserves for sliding layers "
-                      "\\[default: vllm serve's for the GPU; 8192 without --gpu]."),
+                      "\\[default: vllm serve's for the GPU; 8192 without --gpu; check: the log's]."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="Concurrent sequences.")]
 MtpOpt = Annotated[

@@ -109,3 +109,14 @@ def test_vllm_mla_log_pages_of_64_and_the_latent_on_every_rank():
     settings = dict(check.settings)
     assert settings["page"] == "64 tokens (vllm@flashmla)" and settings["kv-cache dtype"] == "fp8"
     assert figures(check)["Maximum concurrency"] == ("8.44x", "8.44x .. 8.44x", "agree")
+
+
+def test_vllm_pool_follows_the_worker_with_least_memory(tmp_path):
+    """Each TP worker logs its own "Available KV cache memory"; vLLM sizes every pool from the least."""
+    text = (LOGS / "vllm-deepseek-v3-tp8.log").read_text()
+    line = next(line for line in text.splitlines() if "Available KV cache memory" in line)
+    more = line.replace("45.23 GiB", "47.50 GiB").replace("EngineCore_DP0", "Worker_TP1")
+    log = tmp_path / "workers.log"
+    log.write_text(text.replace(line, f"{more}\n{line}\n{more}"))
+    check = check_log(log)
+    assert check.agrees and dict(check.settings)["KV cache memory"] == "45.23 GiB (the least any worker logs)"
