@@ -45,6 +45,7 @@ from kvcalc.catalog import resolve
 from kvcalc.engines import DEFAULT_BATCHED_TOKENS, SWA_FULL_TOKENS_RATIO, in_flight_batches
 from kvcalc.errors import KvcalcError, UnknownModelError
 from kvcalc.fit import vllm_capacity
+from kvcalc.load import read_bytes
 from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec
 
@@ -110,17 +111,8 @@ def check_log(path: Path, model: str | None = None, max_num_batched_tokens: int 
 
 
 def _read_log(path: Path) -> str:
-    if path.is_dir():
-        raise LogError(f"{path}: is a folder, not a log file")
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_LOG_BYTES + 1)
-    except FileNotFoundError:
-        raise UnknownModelError(f"{path}: no such file") from None
-    except OSError as e:
-        raise LogError(f"{path}: cannot read ({e.strerror})") from None
-    if len(data) > MAX_LOG_BYTES:
-        raise LogError(f"{path}: larger than {MAX_LOG_BYTES >> 20} MiB; give the start-up part of the log")
+    """The log's text (bounded; a pipe or /dev/stdin without waiting on a missing writer)."""
+    data = read_bytes(path, MAX_LOG_BYTES, "a log file (give the start-up part of it)")
     return data.decode("utf-8", errors="replace").replace("\r\n", "\n")
 
 

@@ -37,6 +37,16 @@ READ_TIMEOUT_S = 10.0
 
 def read_text(path: Path) -> str:
     """The text of ``path``, or a ``SpecError`` / ``UnknownModelError`` naming it."""
+    data = read_bytes(path, MAX_FILE_BYTES, "a spec file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (it is not valid UTF-8)") from None
+
+
+def read_bytes(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of ``path`` (``what`` it should be, for the errors), or a
+    ``SpecError`` / ``UnknownModelError`` naming it."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -44,27 +54,24 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise SpecError(f"{path}: cannot read ({e.strerror})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise SpecError(f"{path}: is a folder, not a spec file")
+        raise SpecError(f"{path}: is a folder, not {what}")
     try:
-        data = _read_regular(path) if stat.S_ISREG(info.st_mode) else _read_stream(path)
+        data = _read_regular(path, limit) if stat.S_ISREG(info.st_mode) else _read_stream(path, limit)
     except OSError as e:
         raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SpecError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; not a spec or config file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a text file (it is not valid UTF-8)") from None
+    if len(data) > limit:
+        raise SpecError(f"{path}: larger than {limit >> 20} MiB; not {what}")
+    return data
 
 
-def _read_regular(path: Path) -> bytes:
+def _read_regular(path: Path, limit: int) -> bytes:
     with open(path, "rb") as f:
-        return f.read(MAX_FILE_BYTES + 1)
+        return f.read(limit + 1)
 
 
-def _read_stream(path: Path) -> bytes:
+def _read_stream(path: Path, limit: int) -> bytes:
     """A FIFO or device, opened without waiting for a writer (none: end of file at once) and read
-    until end of file, ``MAX_FILE_BYTES + 1`` bytes, or ``READ_TIMEOUT_S``."""
+    until end of file, ``limit + 1`` bytes, or ``READ_TIMEOUT_S``."""
     import select
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -74,7 +81,7 @@ def _read_stream(path: Path) -> bytes:
     try:
         poller = select.poll()  # unlike epoll, poll takes any file, /dev/zero included
         poller.register(fd, select.POLLIN)
-        while size <= MAX_FILE_BYTES:
+        while size <= limit:
             try:
                 chunk = os.read(fd, 1 << 16)
             except BlockingIOError:  # a writer, with nothing written yet

@@ -76,7 +76,8 @@ def test_check_exit_codes_and_json(cli, tmp_path):
     status, _, err = cli("check", str(other))
     assert status == 2 and "neither a vLLM log" in err
     status, _, err = cli("check", str(tmp_path))
-    assert (status, err) == (2, f"kvcalc: error: {tmp_path}: is a folder, not a log file\n")
+    assert (status, err) == (2, f"kvcalc: error: {tmp_path}: is a folder, not a log file (give the start-up "
+                                "part of it)\n")
 
 
 def test_the_logged_max_num_batched_tokens_decides_the_reservation(tmp_path):
@@ -120,3 +121,15 @@ def test_vllm_pool_follows_the_worker_with_least_memory(tmp_path):
     log.write_text(text.replace(line, f"{more}\n{line}\n{more}"))
     check = check_log(log)
     assert check.agrees and dict(check.settings)["KV cache memory"] == "45.23 GiB (the least any worker logs)"
+
+
+def test_check_reads_a_pipe(cli, monkeypatch):
+    """``engine ... 2>&1 | kvcalc check /dev/stdin``: read to end of file, never waiting on a missing writer."""
+    import os
+
+    read, write = os.pipe()
+    os.write(write, (LOGS / "vllm-llama-3.1-8b.log").read_bytes())
+    os.close(write)
+    status, out, _ = cli("check", f"/dev/fd/{read}")
+    os.close(read)
+    assert status == 0 and "every figure agrees" in out
