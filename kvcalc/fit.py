@@ -311,11 +311,9 @@ def sglang_pools(c: Curve, budget: int) -> SglangPools:
     full = []
     for stage in c.stages:
         every = sum(sum(r.bytes for r in g.rows if r.growth is Growth.EVERY) * g.layers for g in stage)
-        cell = float(every)
-        for g in stage:
-            swa = sum(r.bytes for r in g.rows if r.growth in (Growth.WINDOW, Growth.CHUNK))
-            if swa:
-                cell += SWA_FULL_TOKENS_RATIO * swa * g.layers
+        swa = sum(sum(r.bytes for r in g.rows if r.growth in (Growth.WINDOW, Growth.CHUNK)) * g.layers
+                  for g in stage)
+        cell = every + SWA_FULL_TOKENS_RATIO * swa  # _recompute_cell_size, in its order of float operations
         if not every:
             raise OptionError("SGLang's pool for a model whose every layer slides (all SWA) is not modelled")
         full.append(int(budget // cell) // page * page)
