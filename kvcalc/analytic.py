@@ -37,7 +37,15 @@ from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
 from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
-from kvcalc.spec import Attention, CompressedAttention, LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.spec import (
+    NO_CACHE_KINDS,
+    Attention,
+    CompressedAttention,
+    LayerKind,
+    MlaAttention,
+    ModelSpec,
+    StandardAttention,
+)
 
 
 class Layout(StrEnum):
@@ -153,6 +161,11 @@ class Footprint:
     @property
     def per_gpu_bytes(self) -> int:
         return sum(p.total_bytes for p in self.gpu_parts)
+
+    @property
+    def state_bytes_per_sequence(self) -> int:
+        """What one sequence holds whatever its length: linear-attention and Mamba state."""
+        return sum(p.bytes_per_token_layer * p.layers for p in self.parts if p.growth is Growth.STATE)
 
     @property
     def gpu_bytes_per_token(self) -> int:
@@ -330,6 +343,12 @@ class Curve:
         return max(self.per_gpu_bytes(n, batch) for n in lengths)
 
     @property
+    def per_gpu_state_bytes(self) -> int:
+        """What one sequence holds on the fullest GPU stage whatever its length (recurrent state)."""
+        return max(sum(size for growth, _, _, size in terms if growth is Growth.STATE)
+                   for terms in self.stage_terms)
+
+    @property
     def per_gpu_bytes_per_token(self) -> int:
         """One sequence's bytes per token on the fullest GPU stage, at the full-context rate."""
         return max(sum(g.bytes_per_token for g in stage) for stage in self.stages)
@@ -363,7 +382,7 @@ def footprint(spec: ModelSpec, options: Options) -> Footprint:
     return Footprint(
         model=spec.name,
         display_name=spec.display_name,
-        attention=spec.attention.variant,
+        attention=spec.attention.variant + (f"+{spec.recurrent.variant}" if spec.recurrent else ""),
         layout=_layout_name(spec, cache),
         kv_dtype=fmt.name,
         engine=c.engine,
@@ -403,7 +422,8 @@ def _prepared(spec: ModelSpec, options: Options):
                               "least 1")
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
                  chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
-                 compressed=compressed)
+                 compressed=compressed, recurrent=spec.recurrent is not None,
+                 attends=any(counts[k] for k in LayerKind if k not in (*NO_CACHE_KINDS, LayerKind.RECURRENT)))
     windowed = bool(counts[LayerKind.SLIDING] or counts[LayerKind.CHUNKED])
     engine = engine.for_architecture(spec.architecture, windowed)
     if compressed:
@@ -664,6 +684,8 @@ def _cells(engine: Engine, growth: Growth, span: int | None, tokens: int, seqs: 
     sequences of ``tokens``, in pages of ``page`` tokens (None: the engine's). Compressed entries
     fill pages of ``page`` tokens, page / R entries each; compressor state runs unpaged."""
     page = page or engine.page_tokens
+    if growth is Growth.STATE:
+        return seqs
     if growth is Growth.COMPRESSED:
         return (tokens // span if page == 1 else ceil_div(tokens, page) * (page // span)) * seqs
     if growth is Growth.OPEN_WINDOW:

@@ -141,6 +141,11 @@ class Engine:
     """The architectures whose sliding layers the engine holds apart (SGLang's hybrid SWA pool); every
     other architecture's sliding layers hold every token. None: the engine does not choose by
     architecture."""
+    recurrent: bool = False
+    """Whether kvcalc models how it holds linear-attention and Mamba state (``plan.state_parts``)."""
+    needs_attention: bool = False
+    """transformers 5.23 cannot run a cached forward without an attention layer (``Cache.get_seq_length``
+    raises): a model whose every layer is recurrent is refused."""
     block_pool: bool = False
     """vLLM: layers form KV-cache groups of equal size whose pages share one pool of block ids, and a
     request is admitted on the blocks it may reserve (``analytic.admission_cells``), not those it
@@ -148,11 +153,18 @@ class Engine:
     size (v1/core/kv_cache_planning.py ``unify_kv_cache_spec_page_size``): not modelled."""
 
     def check(self, kv_dtype: str, is_mla: bool, has_indexer: bool = False, shared: bool = False,
-              chunked: bool = False, kind_shapes: bool = False, compressed: bool = False) -> None:
+              chunked: bool = False, kind_shapes: bool = False, compressed: bool = False,
+              recurrent: bool = False, attends: bool = True) -> None:
         if self.formats is not None and kv_dtype not in self.formats:
             raise OptionError(
                 f"--kv-dtype {kv_dtype}: {self.name} caches in {', '.join(self.formats)} only"
             )
+        if recurrent and not self.recurrent:
+            raise OptionError(f"--engine {self.name}: how it holds the recurrent state of linear-attention "
+                              "or Mamba layers is not modelled yet")
+        if not attends and self.needs_attention:
+            raise OptionError(f"--engine {self.name}: transformers cannot cache a model without an attention "
+                              "layer (Cache.get_seq_length raises on the first forward)")
         if compressed:
             self._check_compressed()
         elif self.mla_only and not is_mla:
@@ -241,6 +253,7 @@ _TRANSFORMERS_FORMATS = ("fp32", "bf16", "fp16")
 
 IDEAL = Engine(
     name="ideal",
+    recurrent=True,
     compressed=CompressedCache.IDEAL,
     chunk_rule=WindowRule.EXACT,
     kind_shapes=True,
@@ -366,6 +379,8 @@ def _transformers(version: str, mla_cache: MlaCache, modern: bool) -> Engine:
     chunk (the last chunk - 1 tokens, the mask doing the chunking); per-layer shapes as each
     layer's attention builds them. None of it is modelled for 5.14."""
     return Engine(
+        recurrent=modern,
+        needs_attention=True,
         compressed=CompressedCache.TRANSFORMERS if modern else None,
         compressed_refusal="kvcalc models DeepSeek-V4 as transformers 5.23 caches it: --engine transformers",
         indexer_keys=IndexerKeys.CACHE_DTYPE if modern else None,

@@ -136,6 +136,8 @@ def _per_row(parts: list[Part]) -> str:
     if first.growth is Growth.COMPRESSED:
         exact = "" if row % first.span == 0 else " (rounded up)"
         return f"{row:,} B per entry; per token {row:,} / {first.span} = {rate:,} B/token{exact}"
+    if first.growth is Growth.STATE:
+        return f"{row:,} B per sequence, whatever its length"
     if first.growth.per_sequence:
         return f"{row:,} B per row of state (bounded: not per token)"
     return f"{rate:,} B/token"
@@ -211,6 +213,8 @@ def _kind_text(part: Part) -> str:
     layers = part.layer_kind if part.layer_kind == PADDING else f"{part.layer_kind} layers"
     if part.growth is Growth.EVERY:
         return layers
+    if part.growth is Growth.STATE:
+        return f"{layers} (state)"
     return f"{layers} ({_SPAN_TEXT[part.growth].format(part.span)})"
 
 
@@ -230,7 +234,8 @@ def _total_lines(fp: Footprint, groups: dict[Key, list[Part]]) -> list[str]:
         group_total = sum(p.total_bytes for p in parts)
         held = _held_text(fp, first, first.cells)
         label = _kind_text(first) if labelled else f"{first.layer_kind} layers"
-        unit = "B/token" if first.growth in (Growth.EVERY, Growth.WINDOW, Growth.CHUNK) else "B"
+        unit = ("B/token" if first.growth in (Growth.EVERY, Growth.WINDOW, Growth.CHUNK)
+                else "B/sequence" if first.growth is Growth.STATE else "B")
         lines.append(f"  {label}: {row:,} {unit} × {held} = {group_total:,} B")
     lines.append(f"  total: {fp.total_bytes:,} B ({humanize_bytes(fp.total_bytes)})")
     if fp.request_bytes != fp.total_bytes:
@@ -272,6 +277,8 @@ def _held_text(fp: Footprint, part: Part, cells: int) -> str:
             return held
         pages = f"{ceil_div(seq, page):,} pages of {page} tokens, {page // span} entries each"
         return f"{held} → {cells:,} ({pages})"
+    if part.growth is Growth.STATE:
+        return f"{fp.batch} sequence{'s' * (fp.batch > 1)}"
     if part.growth is Growth.OPEN_WINDOW:
         return f"({seq:,} mod {span:,}) = {seq % span:,} row{'s' * (seq % span != 1)}{batch}"
     if part.growth is Growth.OPEN_WINDOW_ROOM:

@@ -102,6 +102,163 @@ def gemma4(get: Get, layers: int) -> tuple[str, ...]:
     return kinds[:-1] + ("full",)
 
 
+# --- linear attention and Mamba hybrids: the layout rules and the mixers ----------------------------
+
+Read = Callable[..., int]
+"""The first of some config keys present, as a positive integer (the class default when absent),
+or a ``SpecError`` naming the key."""
+Mixer = Callable[[Read, Get, int], dict]
+"""A family's recurrent mixer (``spec.RecurrentState`` fields) from its config and hidden_size."""
+
+RECURRENT_LAYER_TYPES = {"linear_attention": "recurrent", "full_attention": "full"}
+"""The layer_types strings of the linear-attention and Mamba families (transformers 5.23)."""
+
+
+def qwen3_next(get: Get, layers: int) -> tuple[str, ...]:
+    """Qwen3-Next, Qwen3.5: every full_attention_interval-th layer full (3, 7, 11, ... by default),
+    the others gated DeltaNet."""
+    every = get("full_attention_interval")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"full_attention_interval: {every!r}: expected a positive integer")
+    return tuple("full" if (i + 1) % every == 0 else "recurrent" for i in range(layers))
+
+
+def kimi_linear(get: Get, layers: int) -> tuple[str, ...]:
+    """Kimi-Linear: a published linear_attn_config's 1-indexed full_attn_layers and kda_layers, else
+    every fourth layer from layer 4 full (layer 0 is KDA)."""
+    given = get("linear_attn_config")
+    if isinstance(given, dict) and "full_attn_layers" in given and "kda_layers" in given:
+        full, kda = given["full_attn_layers"], given["kda_layers"]
+        listed = [n for n in (*full, *kda)] if isinstance(full, list) and isinstance(kda, list) else None
+        if listed is None or sorted(listed) != list(range(1, layers + 1)):
+            raise ValueError(f"linear_attn_config: full_attn_layers and kda_layers must list the layers 1 to "
+                             f"{layers} once between them")
+        return tuple("full" if i + 1 in full else "recurrent" for i in range(layers))
+    return tuple("full" if i and i % 4 == 0 else "recurrent" for i in range(layers))
+
+
+def minimax(get: Get, layers: int) -> tuple[str, ...]:
+    """MiniMax-Text-01 / M1 without layer_types: even layers full, odd ones lightning attention."""
+    return tuple("full" if (i + 1) % 2 else "recurrent" for i in range(layers))
+
+
+def refuse_attn_type_list(get: Get, layers: int) -> None:
+    """MiniMax's published files list attn_type_list, which transformers 5.23 never reads."""
+    if get("attn_type_list") is not None and get("layer_types") is None:
+        raise ValueError("attn_type_list: transformers 5.23 ignores it and lays the layers out by its own "
+                         "rule; give layer_types (1 = full_attention, 0 = linear_attention) to say which")
+
+
+def jamba(get: Get, layers: int) -> tuple[str, ...]:
+    """Jamba: attention where layer % attn_layer_period == attn_layer_offset, Mamba elsewhere."""
+    period, offset = get("attn_layer_period"), get("attn_layer_offset")
+    for key, value in (("attn_layer_period", period), ("attn_layer_offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key}: {value!r}: expected a whole number")
+    if not offset < period:
+        raise ValueError(f"attn_layer_offset: {offset} must be below attn_layer_period {period}")
+    return tuple("full" if i % period == offset else "recurrent" for i in range(layers))
+
+
+NEMOTRON_PATTERN = {"M": "recurrent", "*": "full", "E": "mlp", "-": "mlp"}
+NEMOTRON_LAYER_TYPES = {"linear_attention": "recurrent", "full_attention": "full", "moe": "mlp", "mlp": "mlp",
+                        "mamba": "recurrent", "attention": "full"}
+
+
+def nemotron_h(get: Get, layers: int) -> tuple[str, ...]:
+    """Nemotron-H without a layer list: hybrid_override_pattern (M Mamba2, * attention, E MoE, -
+    MLP), else transformers' default [M, E, *, -]; MoE and MLP blocks cache nothing."""
+    pattern = get("hybrid_override_pattern")
+    if pattern is None:
+        return ("recurrent", "mlp", "full", "mlp")
+    if not isinstance(pattern, str) or not pattern or set(pattern) - set(NEMOTRON_PATTERN):
+        raise ValueError(f"hybrid_override_pattern: {pattern!r}: expected a string of M, *, E and -")
+    return tuple(NEMOTRON_PATTERN[c] for c in pattern)
+
+
+def all_hybrid(get: Get, layers: int) -> tuple[str, ...]:
+    """Falcon-H1: attention and Mamba2 side by side in every layer."""
+    return ("hybrid",) * layers
+
+
+def all_recurrent(get: Get, layers: int) -> tuple[str, ...]:
+    """GraniteMoeHybrid without layer_types: every layer Mamba2."""
+    return ("recurrent",) * layers
+
+
+def gated_deltanet_mixer(read: Read, get: Get, hidden: int) -> dict:
+    return {"kind": "gated_deltanet", "num_k_heads": read("linear_num_key_heads"),
+            "num_v_heads": read("linear_num_value_heads"), "head_k_dim": read("linear_key_head_dim"),
+            "head_v_dim": read("linear_value_head_dim"), "conv_kernel": read("linear_conv_kernel_dim")}
+
+
+def kda_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """KDA: linear_attn_config's head_dim, num_heads and short_conv_kernel_size win over the
+    linear_* fields (configuration_kimi_linear.py ``__post_init__``)."""
+    given = get("linear_attn_config")
+    given = given if isinstance(given, dict) else {}
+
+    def field(key: str, fallback: str) -> int:
+        value = given.get(key)
+        if value is None:
+            return read(fallback)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"linear_attn_config.{key}: {value!r}: expected a positive integer")
+        return value
+
+    return {"kind": "kda", "num_heads": field("num_heads", "linear_num_heads"),
+            "head_dim": field("head_dim", "linear_head_dim"),
+            "conv_kernel": field("short_conv_kernel_size", "linear_conv_kernel_dim")}
+
+
+def lightning_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """MiniMax's lightning attention: the softmax layers' heads and head_dim."""
+    heads = read("num_attention_heads")
+    head_dim = get("head_dim")
+    return {"kind": "lightning", "num_heads": heads,
+            "head_dim": read("head_dim") if head_dim is not None else hidden // heads}
+
+
+def mamba_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """Jamba's Mamba: inner channels mamba_expand x hidden_size."""
+    return {"kind": "mamba", "intermediate_size": read("mamba_expand") * hidden,
+            "d_state": read("mamba_d_state"), "conv_kernel": read("mamba_d_conv")}
+
+
+def nemotron_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """Nemotron-H's Mamba2: mamba_num_heads of mamba_head_dim (expand is not read)."""
+    return {"kind": "mamba2", "num_heads": read("mamba_num_heads"), "head_dim": read("mamba_head_dim"),
+            "d_state": read("ssm_state_size"), "n_groups": read("n_groups", "mamba_n_groups"),
+            "conv_kernel": read("conv_kernel", "mamba_d_conv")}
+
+
+def _mamba2_heads(read: Read, get: Get, inner: int) -> dict:
+    heads = read("mamba_n_heads")
+    head = get("mamba_d_head")
+    if head in (None, "auto"):
+        if inner % heads:
+            raise ValueError(f"mamba_n_heads: {heads} does not divide the {inner} inner channels")
+        head = inner // heads
+    else:
+        head = read("mamba_d_head")
+        if head * heads != inner:
+            raise ValueError(f"mamba_d_head: {head} x mamba_n_heads {heads} is not the {inner} inner "
+                             "channels")
+    return {"kind": "mamba2", "num_heads": heads, "head_dim": head, "d_state": read("mamba_d_state"),
+            "n_groups": read("mamba_n_groups"), "conv_kernel": read("mamba_d_conv")}
+
+
+def falcon_h1_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """Falcon-H1's Mamba2: mamba_d_ssm inner channels, or mamba_expand x hidden_size when null."""
+    inner = read("mamba_d_ssm") if get("mamba_d_ssm") is not None else read("mamba_expand") * hidden
+    return _mamba2_heads(read, get, inner)
+
+
+def granite_mixer(read: Read, get: Get, hidden: int) -> dict:
+    """GraniteMoeHybrid's Mamba2: mamba_expand x hidden_size inner channels."""
+    return _mamba2_heads(read, get, read("mamba_expand") * hidden)
+
+
 KindShapes = dict[str, dict[str, int]]
 Shapes = Callable[[Get, tuple[str, ...], Mapping[str, int]], KindShapes]
 """A family's rule for layers whose attention differs by kind: given every layer's kind and the
@@ -235,6 +392,15 @@ class Family:
     """The last layer is full attention whatever layer_types says (Gemma-4 forces it)."""
     compressed: bool = False
     """DeepSeek-V4's compressed attention (``spec.CompressedAttention``)."""
+    mixer: Mixer | None = None
+    """The linear-attention or Mamba mixer of its recurrent layers (``spec.RecurrentState``)."""
+    layer_type_names: Mapping[str, str] = field(default_factory=dict)
+    """The layer_types strings the family's class reads, and the kvcalc kind of each."""
+    layer_types_key: str | None = "layer_types"
+    """Where its class keeps the layer list (an alias it also reads: Nemotron-H's layers_block_type);
+    None: the class takes no layer list (Jamba, Falcon-H1: a read-only property)."""
+    counted_by_types: bool = False
+    """The layer count is the length of the layer list (Nemotron-H: num_hidden_layers is derived)."""
 
 
 def _cfg(model_type: str) -> str:
@@ -322,11 +488,57 @@ FAMILIES["gemma3n"] = FAMILIES["gemma3n_text"]
 FAMILIES["llama4"] = FAMILIES["llama4_text"]  # the multimodal wrapper, its text_config read
 FAMILIES["gemma4"] = FAMILIES["gemma4_text"]
 
+_GDN = {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+        "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4,
+        "head_dim": 256}
+_LINEAR = {"layer_type_names": RECURRENT_LAYER_TYPES, "counts_params": False}
+_MAMBA2_NAMES = {"linear_attention": "recurrent", "full_attention": "full", "mamba": "recurrent",
+                 "attention": "full"}
+
+FAMILIES.update({
+    "qwen3_next": Family(_cfg("qwen3_next"), qwen3_next, {**_GDN, "num_key_value_heads": 2},
+                         mixer=gated_deltanet_mixer, **_LINEAR),
+    "qwen3_5_text": Family(_cfg("qwen3_5"), qwen3_next, {**_GDN, "num_key_value_heads": 4},
+                           mixer=gated_deltanet_mixer, **_LINEAR),
+    "qwen3_5_moe_text": Family(_cfg("qwen3_5_moe"), qwen3_next, {**_GDN, "num_key_value_heads": 2},
+                               mixer=gated_deltanet_mixer, **_LINEAR),
+    "kimi_linear": Family(_cfg("kimi_linear"), kimi_linear, mla=True, mixer=kda_mixer,
+                          defaults={"kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64,
+                                    "v_head_dim": 128, "qk_nope_head_dim": 128, "linear_head_dim": 128,
+                                    "linear_num_heads": 32, "linear_conv_kernel_dim": 4,
+                                    "linear_attn_config": None}, **_LINEAR),
+    "minimax": Family(_cfg("minimax"), minimax, {"num_key_value_heads": 8, "head_dim": None},
+                      mixer=lightning_mixer, check=refuse_attn_type_list,
+                      refuse={"sliding_window": (None,)},  # transformers' cache ignores it: ambiguous
+                      **_LINEAR),
+    "jamba": Family(_cfg("jamba"), jamba, {"num_key_value_heads": 8, "attn_layer_period": 8,
+                                           "attn_layer_offset": 4, "mamba_d_state": 16, "mamba_d_conv": 4,
+                                           "mamba_expand": 2},
+                    mixer=mamba_mixer, layer_types_key=None, counts_params=False),
+    "nemotron_h": Family(_cfg("nemotron_h"), nemotron_h, {"num_key_value_heads": 8, "head_dim": 128,
+                                                          "ssm_state_size": 128, "mamba_num_heads": 128,
+                                                          "mamba_head_dim": 64, "n_groups": 8,
+                                                          "conv_kernel": 4},
+                         mixer=nemotron_mixer, layer_type_names=NEMOTRON_LAYER_TYPES,
+                         layer_types_key="layers_block_type", counted_by_types=True, counts_params=False),
+    "falcon_h1": Family(_cfg("falcon_h1"), all_hybrid, {"num_key_value_heads": 8, "mamba_d_ssm": 1024,
+                                                        "mamba_n_heads": 128, "mamba_d_head": "auto",
+                                                        "mamba_n_groups": 1, "mamba_d_state": 256,
+                                                        "mamba_d_conv": 4, "mamba_expand": 2},
+                        mixer=falcon_h1_mixer, layer_types_key=None, counts_params=False),
+    "granitemoehybrid": Family(_cfg("granitemoehybrid"), all_recurrent,
+                               {"num_key_value_heads": None, "mamba_n_heads": 128, "mamba_n_groups": 1,
+                                "mamba_d_state": 256, "mamba_d_head": "auto", "mamba_d_conv": 4,
+                                "mamba_expand": 2},
+                               mixer=granite_mixer, layer_type_names=_MAMBA2_NAMES,
+                               layer_types_key="layers_block_type", counts_params=False),
+})
+FAMILIES["qwen3_5"] = FAMILIES["qwen3_5_text"]  # the multimodal wrappers, their text_config read
+FAMILIES["qwen3_5_moe"] = FAMILIES["qwen3_5_moe_text"]
+
 NOT_MODELLED: dict[str, str] = {
-    **dict.fromkeys(("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "kimi_linear", "minimax",
-                     "jamba", "nemotron_h", "falcon_h1", "granitemoehybrid", "mamba", "mamba2", "zamba",
-                     "zamba2", "bamba", "lfm2", "lfm2_moe", "hunyuan_v1_dense"),
-                    "the recurrent state of linear-attention or Mamba layers"),
+    **dict.fromkeys(("mamba", "mamba2", "zamba", "zamba2", "bamba", "lfm2", "lfm2_moe", "hunyuan_v1_dense"),
+                    "the recurrent state of this family's linear-attention or Mamba layers"),
 }
 """Families whose cache holds something kvcalc does not compute yet: refused, never guessed."""
 

@@ -402,6 +402,8 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
     notes = []
     if not fits:
         more = f"; the smallest tp that fits is {smallest}" if smallest else "; no tp fits"
+        if not smallest and spec.recurrent is not None:
+            more += " that kvcalc models (tp > 1 is not modelled for recurrent state yet)"
         notes.append(
             f"the weights alone ({weights / GIB:.1f} GiB per GPU) leave no KV budget in "
             f"{usable / GIB:.1f} GiB usable minus {reserve / GIB:.1f} GiB reserve{more}"
@@ -419,6 +421,9 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
             "tokens that fit count every layer (the full-context rate); sliding layers hold at most "
             "their window, so concurrency and context are computed on the real cache"
         )
+    if c.per_gpu_state_bytes:
+        notes.append(f"tokens that fit count K/V only; each sequence also holds {c.per_gpu_state_bytes:,} B "
+                     "of recurrent state whatever its length, which concurrency and context count")
     if given is None:
         source = (f"as {spec.name} publishes them (its weights_dtype)" if spec.weights_dtype
                   else "assumed: the spec does not say how its checkpoint stores them")

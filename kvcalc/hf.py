@@ -128,6 +128,7 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
         **windows,
         "layer_attention": _layer_attention(cfg, family, attention, windows, layers),
         "sublayers": family.sublayers,
+        "recurrent": _recurrent(cfg, family, windows, hidden),
     }
     spec = _validate(fields, origin)
     params = _params(cfg, model_type, spec) if family.counts_params else None
@@ -217,7 +218,19 @@ class _Config:
 
 
 def _layers(cfg: _Config, family: Family) -> int:
-    """Attention layers: LongCat-Flash's ``num_layers`` counts decoder layers of two each."""
+    """Attention layers: LongCat-Flash's ``num_layers`` counts decoder layers of two each; Nemotron-H's
+    come from its layer list (``spec_from_hf``), num_hidden_layers only said when it differs."""
+    if family.counted_by_types:
+        given = cfg.optional_int("num_hidden_layers")
+        types = _layer_list(cfg, family)
+        try:
+            layers = len(types) if isinstance(types, list) else len(family.layout(cfg.value, 0))
+        except ValueError as e:
+            raise SpecError(f"{cfg.origin}: {e}") from None
+        if given and given != layers:
+            cfg.assume(f"{layers} layers, as its layer list has (num_hidden_layers {given} is derived from "
+                       "it and ignored)")
+        return layers
     if family.sublayers == 1:
         return cfg.first_int("num_hidden_layers", "n_layer", "num_layers")
     blocks = cfg.first_int("num_layers")
@@ -239,6 +252,17 @@ def _layer_attention(cfg: _Config, family: Family, attention: dict, windows: dic
     except ValueError as e:
         raise SpecError(f"{cfg.origin}: {e}") from None
     return {kind: {**attention, **changes} for kind, changes in shapes.items() if kind in kinds} or None
+
+
+def _recurrent(cfg: _Config, family: Family, windows: dict, hidden: int) -> dict | None:
+    """The mixer of the recurrent and hybrid layers, when the layout has any."""
+    kinds = set(windows.get("layer_types") or windows.get("layer_pattern") or ())
+    if family.mixer is None or not kinds & {"recurrent", "hybrid"}:
+        return None
+    try:
+        return family.mixer(cfg.first_int, cfg.value, hidden)
+    except ValueError as e:
+        raise SpecError(f"{cfg.origin}: {e}") from None
 
 
 def _mla(cfg: _Config, heads: int, indexer: bool) -> dict:
@@ -389,7 +413,7 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     """``sliding_window`` / ``attention_chunk_size`` plus ``layer_types`` or ``layer_pattern``, or
     nothing (all full): the config's ``layer_types``, else the family's rule (``families.py``);
     then, in a family that shares caches, its shared layers."""
-    types = cfg.raw.get("layer_types")
+    types = _layer_list(cfg, family)
     try:
         if family.check is not None:
             family.check(cfg.value, layers)
@@ -398,7 +422,7 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
     except ValueError as e:
         raise SpecError(f"{cfg.origin}: {e}") from None
     if types is not None:
-        known = V4_LAYER_TYPES if family.compressed else {
+        known = V4_LAYER_TYPES if family.compressed else family.layer_type_names or {
             **_LAYER_TYPES, **(_CHUNKED_TYPE if "attention_chunk_size" in family.defaults else {}),
             **(_INDEXED_TYPE if family.indexer else {})}
         kinds = _from_layer_types(cfg, types, layers, known)
@@ -406,6 +430,19 @@ def _windows(cfg: _Config, family: Family, layers: int) -> dict:
         kinds = kinds[:-1] + ("full",)
         cfg.assume(f"the last layer full attention, as {family.source} forces it")
     return _shape(cfg, family, _shared_tail(cfg, kinds) if family.kv_shared else kinds)
+
+
+def _layer_list(cfg: _Config, family: Family) -> Any:
+    """The config's layer list: ``layer_types``, or the alias the family's class keeps it under."""
+    alias = family.layer_types_key or "layers_block_type"  # a class without a list refuses either
+    keys = [k for k in dict.fromkeys(("layer_types", alias)) if cfg.raw.get(k) is not None]
+    if keys and family.layer_types_key is None:
+        raise SpecError(f"{cfg.origin}: {keys[0]}: {family.source} takes no layer list (its layout is a "
+                        "read-only property; transformers refuses the field)")
+    if len(set(keys)) > 1 and cfg.raw[keys[0]] != cfg.raw[keys[1]]:
+        raise SpecError(f"{cfg.origin}: layer_types and {keys[1]} differ; they are one field in "
+                        f"{family.source}")
+    return cfg.raw[keys[0]] if keys else None
 
 
 def _shared_tail(cfg: _Config, kinds: tuple[str, ...]) -> tuple[str, ...]:

@@ -118,6 +118,9 @@ def check_options(options: MeasureOptions, spec: ModelSpec | None = None) -> Non
             raise OptionError(f"{name}: {value} must be at least 1")
     if options.decode_steps < 0:
         raise OptionError(f"--decode-steps: {options.decode_steps} must be 0 or more")
+    if spec is not None and spec.recurrent is not None:
+        raise OptionError(f"{spec.name}: kvcalc has no {spec.recurrent.kind} layer to measure yet "
+                          "(linear-attention and Mamba state); show and compare give its exact figures")
     if spec is not None and isinstance(spec.attention, CompressedAttention) and options.tp > 1:
         raise OptionError(f"--tp {options.tp}: kvcalc's DeepSeek-V4 layer is not sharded for tensor "
                           "parallelism (every rank would hold the same cache: one K = V head)")

@@ -55,6 +55,9 @@ class Parallel:
             raise OptionError(f"--pp {self.pp}: more stages than {spec.name}'s {blocks} layers")
         for attention in spec.attentions:
             self._check_heads(spec.name, attention)
+        if spec.recurrent is not None and self.tp > 1:
+            raise OptionError(f"--tp {self.tp}: how {spec.name}'s recurrent state splits across "
+                              "tensor-parallel ranks is not modelled yet")
 
     def _check_heads(self, name: str, attention) -> None:
         heads, tp = attention.num_heads, self.attention_tp

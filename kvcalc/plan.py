@@ -18,7 +18,18 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kvcalc.engines import CompressedCache, MlaCache
-from kvcalc.spec import Attention, CompressedAttention, LayerKind, MlaAttention, ModelSpec, StandardAttention
+from kvcalc.spec import (
+    NO_CACHE_KINDS,
+    STATE_KINDS,
+    Attention,
+    CompressedAttention,
+    LayerKind,
+    MlaAttention,
+    ModelSpec,
+    RecurrentKind,
+    RecurrentState,
+    StandardAttention,
+)
 
 INDEXER_KEY = "indexer key"
 
@@ -40,11 +51,14 @@ class Growth(StrEnum):
     """vLLM's DeepSeek-V4 compressor state: a row per token of a short window, in pages."""
     OVERLAP = "the last closed window"
     """R once a window has closed, else 0: CSA's overlapping windows reread the previous one."""
+    STATE = "one state per sequence"
+    """A linear-attention or Mamba layer's conv and recurrent state: the same size at any length."""
 
     @property
     def per_sequence(self) -> bool:
         """Bounded by the span whatever the length: state, not a cache that grows."""
-        return self in (Growth.OPEN_WINDOW, Growth.OPEN_WINDOW_ROOM, Growth.OVERLAP, Growth.STATE_WINDOW)
+        return self in (Growth.OPEN_WINDOW, Growth.OPEN_WINDOW_ROOM, Growth.OVERLAP, Growth.STATE_WINDOW,
+                        Growth.STATE)
 
 
 class Split(StrEnum):
@@ -63,7 +77,7 @@ class Storage(StrEnum):
     """As the engine keeps DSA indexer keys (``engines.IndexerKeys``)."""
     FP32 = "fp32"
     """fp32 whatever the cache dtype (transformers' DeepSeek-V4 compressor gates after the fp32
-    position bias is added)."""
+    position bias is added; the recurrent state of gated DeltaNet, KDA and Mamba)."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +134,50 @@ def cache_plan(spec: ModelSpec, mla_cache: MlaCache | None,
                      for kind in LayerKind if counts[kind])
     plans = []
     for kind in LayerKind:
-        if not (counts[kind] or kind is LayerKind.FULL) or kind is LayerKind.SHARED:
+        if not (counts[kind] or kind is LayerKind.FULL) or kind in NO_CACHE_KINDS:
             continue
         attn = spec.attention_for(kind)
-        growth, span = _GROWTH[kind], spec.span(kind)
-        plans.append(LayerPlan(kind, attn, tuple(replace(p, growth=growth, span=span)
-                                                 for p in parts(attn, mla_cache))))
+        cached = () if kind is LayerKind.RECURRENT else parts(attn, mla_cache)
+        growth, span = _GROWTH.get(kind, Growth.EVERY), spec.span(kind)
+        state = state_parts(spec.recurrent) if kind in STATE_KINDS else ()
+        plans.append(LayerPlan(kind, attn, (*(replace(p, growth=growth, span=span) for p in cached), *state)))
     return tuple(plans)
+
+
+def state_parts(mixer: RecurrentState) -> tuple[PartPlan, ...]:
+    """What one recurrent layer holds per sequence, as transformers 5.23 holds it
+    (``LinearAttentionLayer``; MiniMax's ``MiniMaxCache``): the last ``conv_kernel`` inputs of its
+    short convolution in the cache dtype, and its recurrent state -- fp32 for gated DeltaNet, KDA
+    and Mamba (their kernels return it so), the cache dtype for lightning attention. Heads and
+    channels split across TP ranks."""
+    conv = ()
+    if mixer.conv_channels is not None:
+        conv = (PartPlan("conv state", (Factor(mixer.conv_channels, _CONV_LABEL[mixer.kind]),
+                                        Factor(mixer.conv_kernel, "conv_kernel")),
+                         Split.HEADS, growth=Growth.STATE),)
+    match mixer.kind:
+        case RecurrentKind.GATED_DELTANET:
+            factors = (Factor(mixer.num_v_heads, "value heads"), Factor(mixer.head_k_dim, "head_k_dim"),
+                       Factor(mixer.head_v_dim, "head_v_dim"))
+        case RecurrentKind.KDA | RecurrentKind.LIGHTNING:
+            factors = (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
+                       Factor(mixer.head_dim, "head_dim"))
+        case RecurrentKind.MAMBA2:
+            factors = (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
+                       Factor(mixer.d_state, "d_state"))
+        case _:
+            factors = (Factor(mixer.intermediate_size, "intermediate_size"), Factor(mixer.d_state, "d_state"))
+    storage = Storage.CACHE if mixer.kind is RecurrentKind.LIGHTNING else Storage.FP32
+    name = "SSM state" if mixer.kind in (RecurrentKind.MAMBA, RecurrentKind.MAMBA2) else "recurrent state"
+    return (*conv, PartPlan(name, factors, Split.HEADS, storage, Growth.STATE))
+
+
+_CONV_LABEL = {
+    RecurrentKind.GATED_DELTANET: "2 × key heads × head_k_dim + value heads × head_v_dim",
+    RecurrentKind.KDA: "3 × heads × head_dim",
+    RecurrentKind.MAMBA2: "heads × head_dim + 2 × n_groups × d_state",
+    RecurrentKind.MAMBA: "intermediate_size",
+}
 
 
 def parts(attn: Attention, cache: MlaCache | None) -> tuple[PartPlan, ...]:

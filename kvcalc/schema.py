@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvcalc.errors import SpecError
-from kvcalc.spec import ARCHITECTURE_PATTERN, BOUNDS, MAX_LAYERS, LayerKind, ModelSpec
+from kvcalc.spec import ARCHITECTURE_PATTERN, BOUNDS, MAX_DIM, MAX_LAYERS, LayerKind, ModelSpec
 
 
 def _size(field: str, low: int = 1) -> Any:
@@ -58,6 +58,52 @@ class CompressedAttentionFile(_Frozen):
     hca_rate: _size("hca_rate") = 128
 
 
+class _RecurrentFile(_Frozen):
+    conv_kernel: Annotated[int, Field(strict=True, ge=1, le=MAX_DIM)]
+
+
+def _dim() -> Any:
+    return Annotated[int, Field(strict=True, ge=1, le=MAX_DIM)]
+
+
+class GatedDeltaNetFile(_RecurrentFile):
+    kind: Literal["gated_deltanet"]
+    num_k_heads: _dim()
+    num_v_heads: _dim()
+    head_k_dim: _dim()
+    head_v_dim: _dim()
+
+
+class KdaFile(_RecurrentFile):
+    kind: Literal["kda"]
+    num_heads: _dim()
+    head_dim: _dim()
+
+
+class LightningFile(_Frozen):
+    kind: Literal["lightning"]
+    num_heads: _dim()
+    head_dim: _dim()
+
+
+class Mamba2File(_RecurrentFile):
+    kind: Literal["mamba2"]
+    num_heads: _dim()
+    head_dim: _dim()
+    d_state: _dim()
+    n_groups: _dim()
+
+
+class MambaFile(_RecurrentFile):
+    kind: Literal["mamba"]
+    intermediate_size: _dim()
+    d_state: _dim()
+
+
+RecurrentFile = Annotated[GatedDeltaNetFile | KdaFile | LightningFile | Mamba2File | MambaFile,
+                          Field(discriminator="kind")]
+
+
 AttentionFile = Annotated[StandardAttentionFile | MlaAttentionFile | CompressedAttentionFile,
                           Field(discriminator="kind")]
 
@@ -80,6 +126,7 @@ class ModelSpecFile(_Frozen):
     layer_attention: Annotated[dict[LayerKind, AttentionFile], Field(min_length=1)] | None = None
     layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1, max_length=MAX_LAYERS)] | None = None
     layer_types: Annotated[tuple[LayerKind, ...], Field(max_length=MAX_LAYERS)] | None = None
+    recurrent: RecurrentFile | None = None
     assumptions: tuple[str, ...] = ()
 
 
@@ -108,7 +155,9 @@ def _describe(e: ValidationError) -> str:
         tags = first["ctx"]["expected_tags"]
         return f"{field}.kind: {first['ctx']['tag']!r} is not one of {tags}{more}"
     if kind == "union_tag_not_found":
-        return f"{field}.kind: required field is missing (standard, mla or compressed){more}"
+        kinds = ("gated_deltanet, kda, lightning, mamba2 or mamba" if field == "recurrent"
+                 else "standard, mla or compressed")
+        return f"{field}.kind: required field is missing ({kinds}){more}"
     if kind == "extra_forbidden":
         return f"{field}: unknown field (value {_show(first['input'])}){more}"
     message = first["msg"].removeprefix("Value error, ")
@@ -122,8 +171,8 @@ def _field_name(loc: tuple) -> str:
 
 
 def _is_attention(loc: tuple) -> bool:
-    """Whether ``loc`` ends at an attention mapping, whose next step is pydantic's union tag."""
-    return loc[-1] == "attention" or (len(loc) > 1 and loc[-2] == "layer_attention")
+    """Whether ``loc`` ends at an attention or mixer mapping, whose next step is pydantic's union tag."""
+    return loc[-1] in ("attention", "recurrent") or (len(loc) > 1 and loc[-2] == "layer_attention")
 
 
 def _show(value: Any) -> str:

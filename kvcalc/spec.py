@@ -38,6 +38,18 @@ class LayerKind(StrEnum):
     SHARED = "shared"
     """Reuses an earlier layer's cache and holds none of its own (Gemma-3n's last
     ``num_kv_shared_layers``; transformers' ``DummyLayer``)."""
+    RECURRENT = "recurrent"
+    """A linear-attention or Mamba mixer (``recurrent``): a fixed-size state per sequence, no K/V."""
+    HYBRID = "hybrid"
+    """Full attention and a ``recurrent`` mixer side by side (Falcon-H1): K/V and the state."""
+    MLP = "mlp"
+    """A block without a token mixer (Nemotron-H's MLP and MoE layers): it caches nothing."""
+
+
+NO_CACHE_KINDS = (LayerKind.SHARED, LayerKind.MLP)
+"""Layers that hold no cache of their own."""
+STATE_KINDS = (LayerKind.RECURRENT, LayerKind.HYBRID)
+"""Layers that hold a recurrent state."""
 
 
 MAX_LAYERS = 10_000
@@ -206,6 +218,98 @@ class CompressedAttention:
         return rates.get(kind)
 
 
+class RecurrentKind(StrEnum):
+    GATED_DELTANET = "gated_deltanet"
+    """Gated DeltaNet (Qwen3-Next, Qwen3.5): one conv over q|k|v, a k x v state per value head."""
+    KDA = "kda"
+    """Kimi Delta Attention (Kimi-Linear): one conv over q|k|v, a head_dim x head_dim state per head."""
+    LIGHTNING = "lightning"
+    """Lightning attention (MiniMax-Text-01 / M1): a head_dim x head_dim state per head, no conv."""
+    MAMBA2 = "mamba2"
+    """Mamba2 (Nemotron-H, Falcon-H1, Granite-4.0-H): a conv over x|B|C, a head_dim x d_state state
+    per head."""
+    MAMBA = "mamba"
+    """Mamba (Jamba): a conv over the inner channels, a d_state state per inner channel."""
+
+
+_RECURRENT_FIELDS: dict[RecurrentKind, tuple[str, ...]] = {
+    RecurrentKind.GATED_DELTANET: ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim", "conv_kernel"),
+    RecurrentKind.KDA: ("num_heads", "head_dim", "conv_kernel"),
+    RecurrentKind.LIGHTNING: ("num_heads", "head_dim"),
+    RecurrentKind.MAMBA2: ("num_heads", "head_dim", "d_state", "n_groups", "conv_kernel"),
+    RecurrentKind.MAMBA: ("intermediate_size", "d_state", "conv_kernel"),
+}
+"""The fields each kind of mixer takes, all required."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecurrentState:
+    """The mixer of ``recurrent`` (and ``hybrid``) layers: instead of K and V per token it keeps, per
+    sequence, a recurrent state and (all but lightning) the last ``conv_kernel`` inputs of its short
+    convolution. Shapes as transformers 5.23 holds them (``LinearAttentionLayer``: the conv state is
+    ``conv_kernel`` wide, not ``conv_kernel - 1``)."""
+
+    kind: RecurrentKind
+    num_heads: int | None = None
+    head_dim: int | None = None
+    num_k_heads: int | None = None
+    num_v_heads: int | None = None
+    head_k_dim: int | None = None
+    head_v_dim: int | None = None
+    d_state: int | None = None
+    n_groups: int | None = None
+    intermediate_size: int | None = None
+    conv_kernel: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            kind = RecurrentKind(self.kind)
+        except ValueError:
+            raise ValueError(f"kind: {self.kind!r} is not one of "
+                             f"{', '.join(repr(str(k)) for k in RecurrentKind)}") from None
+        object.__setattr__(self, "kind", kind)
+        wanted = _RECURRENT_FIELDS[kind]
+        for name in ("num_heads", "head_dim", "num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim",
+                     "d_state", "n_groups", "intermediate_size", "conv_kernel"):
+            value = getattr(self, name)
+            if name in wanted and value is None:
+                raise ValueError(f"{name}: required for a {kind} mixer")
+            if name not in wanted and value is not None:
+                raise ValueError(f"{name}: a {kind} mixer has no {name} (it takes {', '.join(wanted)})")
+            if value is not None and (type(value) is not int or not 1 <= value <= MAX_DIM):
+                raise ValueError(f"{name}: {value!r} must be an integer from 1 to {MAX_DIM:,}")
+        if kind is RecurrentKind.GATED_DELTANET and self.num_v_heads % self.num_k_heads:
+            raise ValueError(f"num_k_heads {self.num_k_heads} does not divide num_v_heads {self.num_v_heads}")
+        if kind is RecurrentKind.MAMBA2 and self.num_heads % self.n_groups:
+            raise ValueError(f"n_groups {self.n_groups} does not divide num_heads {self.num_heads}")
+
+    @property
+    def conv_channels(self) -> int | None:
+        """Channels of the short convolution (None: lightning has none)."""
+        match self.kind:
+            case RecurrentKind.GATED_DELTANET:
+                return 2 * self.num_k_heads * self.head_k_dim + self.num_v_heads * self.head_v_dim
+            case RecurrentKind.KDA:
+                return 3 * self.num_heads * self.head_dim
+            case RecurrentKind.MAMBA2:
+                return self.num_heads * self.head_dim + 2 * self.n_groups * self.d_state
+            case RecurrentKind.MAMBA:
+                return self.intermediate_size
+        return None
+
+    @property
+    def variant(self) -> str:
+        return _RECURRENT_VARIANT[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), **{k: getattr(self, k) for k in _RECURRENT_FIELDS[self.kind]}}
+
+
+_RECURRENT_VARIANT = {RecurrentKind.GATED_DELTANET: "GDN", RecurrentKind.KDA: "KDA",
+                      RecurrentKind.LIGHTNING: "Lightning", RecurrentKind.MAMBA2: "Mamba2",
+                      RecurrentKind.MAMBA: "Mamba"}
+
+
 Attention = StandardAttention | MlaAttention | CompressedAttention
 ATTENTION_KINDS: dict[str, type[Attention]] = {
     "standard": StandardAttention, "mla": MlaAttention, "compressed": CompressedAttention,
@@ -254,6 +358,8 @@ class ModelSpec:
     layer_attention: dict[LayerKind, Attention] = field(default_factory=dict)
     layer_pattern: tuple[LayerKind, ...] | None = None
     layer_types: tuple[LayerKind, ...] | None = None
+    recurrent: RecurrentState | None = None
+    """The mixer of ``recurrent`` and ``hybrid`` layers (linear attention, Mamba)."""
     assumptions: tuple[str, ...] = field(default=())
     """Defaults assumed where an imported config was silent."""
 
@@ -282,8 +388,8 @@ class ModelSpec:
         kinds = {}
         for key, attention in self.layer_attention.items():
             kind = _layer_kinds("layer_attention", (key,))[0]
-            if kind is LayerKind.SHARED or not self.layer_counts[kind]:
-                raise ValueError(f"layer_attention: {str(key)!r}: no layer of this model is {kind}")
+            if kind in (*NO_CACHE_KINDS, LayerKind.RECURRENT) or not self.layer_counts[kind]:
+                raise ValueError(f"layer_attention: {str(key)!r}: no attention layer of this model is {kind}")
             if attention.kind != self.attention.kind:
                 raise ValueError(f"layer_attention.{kind}: {attention.kind} attention beside "
                                  f"{self.attention.kind} attention is not modelled")
@@ -312,6 +418,7 @@ class ModelSpec:
                 f"{self.num_layers}"
             )
         self._check_compressed()
+        self._check_recurrent()
         for kind, key in ((LayerKind.SLIDING, "sliding_window"), (LayerKind.CHUNKED, "attention_chunk_size")):
             self._check_span(kind, key)
 
@@ -334,6 +441,18 @@ class ModelSpec:
             kind = next(k for k in COMPRESSED_KINDS if counts[k])
             raise ValueError(f"{counts[kind]} layers are {kind}, which needs attention of kind compressed, "
                              f"not {self.attention.kind}")
+
+    def _check_recurrent(self) -> None:
+        """A recurrent mixer where some layer uses it, and only there; beside standard or MLA attention."""
+        layers = sum(self.layer_counts[k] for k in STATE_KINDS)
+        if layers and self.recurrent is None:
+            kind = next(k for k in STATE_KINDS if self.layer_counts[k])
+            raise ValueError(f"{self.layer_counts[kind]} layers are {kind} but recurrent (their mixer) is "
+                             "not set")
+        if self.recurrent is not None and not layers:
+            raise ValueError("recurrent is set but no layer is recurrent or hybrid")
+        if layers and isinstance(self.attention, CompressedAttention):
+            raise ValueError("recurrent layers beside compressed attention (DeepSeek-V4) are not modelled")
 
     def _check_span(self, kind: LayerKind, key: str) -> None:
         """A sliding (chunked) layer needs its window (chunk), and a window needs a layer. Every layer
@@ -381,8 +500,14 @@ class ModelSpec:
             kind: _attention(f"layer_attention.{kind}", value)
             for kind, value in (data.get("layer_attention") or {}).items()
         }
+        recurrent = data.get("recurrent")
+        if recurrent is not None:
+            try:
+                recurrent = RecurrentState(**recurrent)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"recurrent: {e}") from None
         return cls(**{**data, "attention": _attention("attention", data["attention"]),
-                      "layer_attention": layer_attention})
+                      "layer_attention": layer_attention, "recurrent": recurrent})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data that ``from_dict`` reads back to an equal spec."""
@@ -391,8 +516,9 @@ class ModelSpec:
         data["layer_attention"] = {
             str(kind): {"kind": a.kind, **asdict(a)} for kind, a in self.layer_attention.items()
         }
+        data["recurrent"] = None if self.recurrent is None else self.recurrent.to_dict()
         for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None),
-                             ("architecture", None), ("weights_dtype", None)):
+                             ("architecture", None), ("weights_dtype", None), ("recurrent", None)):
             if data[key] == default:
                 del data[key]
         for key in ("layer_pattern", "layer_types"):

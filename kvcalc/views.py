@@ -184,6 +184,7 @@ COMPARE_COLUMNS = (
     Column("total_bytes", "KV cache", lambda r: _fp(r).total_bytes, Kind.BYTES),
     Column("per_gpu_bytes", "Per GPU", lambda r: _fp(r).per_gpu_bytes, Kind.BYTES),
     Column("request_bytes", "Reserved", lambda r: _fp(r).request_bytes, Kind.BYTES, human=False),
+    Column("state_bytes_per_sequence", "State/seq", lambda r: _fp(r).state_bytes_per_sequence, Kind.BYTES),
     Column("gpus", "GPUs", lambda r: _fp(r).gpus, Kind.COUNT, human=False),
     Column(
         "mha_equivalent_bytes", "MHA-equiv", lambda r: r.mha_equivalent.total_bytes, Kind.BYTES
@@ -199,10 +200,14 @@ COMPARE_COLUMNS = (
 
 def compare_columns(rows: list[Comparison]) -> tuple[Column, ...]:
     """``COMPARE_COLUMNS``; the table leaves out "Per GPU" when every row is on one GPU, where it
-    would repeat "KV cache" (CSV and JSON keep ``per_gpu_bytes``)."""
-    if any(_fp(r).gpus > 1 for r in rows):
-        return COMPARE_COLUMNS
-    return tuple(replace(c, human=False) if c.key == "per_gpu_bytes" else c for c in COMPARE_COLUMNS)
+    would repeat "KV cache", and "State/seq" when no model keeps a recurrent state (CSV and JSON keep
+    both)."""
+    hidden = set()
+    if not any(_fp(r).gpus > 1 for r in rows):
+        hidden.add("per_gpu_bytes")
+    if not any(_fp(r).state_bytes_per_sequence for r in rows):
+        hidden.add("state_bytes_per_sequence")
+    return tuple(replace(c, human=False) if c.key in hidden else c for c in COMPARE_COLUMNS)
 
 
 LIST_COLUMNS = (
@@ -247,6 +252,11 @@ def _cache_shape(fp: Footprint) -> str:
     entries with their rate, compressor state in one word (DeepSeek-V4)."""
     kinds: dict[str, str] = {}
     for p in fp.parts:
+        if p.growth is Growth.STATE:
+            text = "state per sequence"
+            if text not in kinds.get(p.layer_kind, ""):
+                kinds[p.layer_kind] = f"{kinds[p.layer_kind]} + {text}" if p.layer_kind in kinds else text
+            continue
         if p.growth.per_sequence:
             if "+ compressor state" not in kinds[p.layer_kind]:
                 kinds[p.layer_kind] += " + compressor state"
@@ -304,6 +314,7 @@ def show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals:
         "mtp_layers": fp.mtp_layers,
         "notes": list(fp.notes),
         "bytes_per_token": fp.bytes_per_token,
+        "state_bytes_per_sequence": fp.state_bytes_per_sequence,
         "mha_equivalent_bytes_per_token": mha.bytes_per_token,
         "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
         "spec": spec.to_dict(),

@@ -42,6 +42,7 @@ def test_compare_json_rows(cli):
         "total_bytes": 9_361_686_528,
         "per_gpu_bytes": 9_361_686_528,
         "request_bytes": 9_361_686_528,  # the ideal reserves what it holds
+        "state_bytes_per_sequence": 0,
         "gpus": 1,
         "mha_equivalent_bytes": 128 * (192 + 128) * 2 * 62 * 131072,  # decompressed, with MTP
     }

@@ -230,10 +230,13 @@ def test_fields_a_family_does_not_use_are_refused(tmp_path, fields, message):
 
 
 def test_every_family_is_covered_here():
-    tested = {t for t, _ in CASES} | MLA_TYPES | {"falcon"}
+    from tests.test_recurrent import MODELS as RECURRENT
+
+    tested = {t for t, _ in CASES} | MLA_TYPES | {"falcon"} | {t for t, _ in RECURRENT}
     # not transformers types, or wrappers whose text_config is read
     # deepseek_v4: tests/test_deepseek_v4.py
-    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3", "gemma3n", "llama4", "gemma4", "deepseek_v4"}
+    assert set(FAMILIES) - tested == {"kimi_k2", "gemma3", "gemma3n", "llama4", "gemma4", "deepseek_v4",
+                                      "qwen3_5", "qwen3_5_moe"}
 
 
 @pytest.mark.parametrize("family", [f for f in HF_FIXTURES if f != "kimi_k2"])

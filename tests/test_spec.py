@@ -66,7 +66,7 @@ def test_layer_types_are_explicit():
         ({"layer_types": ["full"] * 5}, "layer_types lists 5 layers but num_layers is 6"),
         ({"layer_pattern": ["full"], "layer_types": ["full"] * 6}, "not both"),
         ({"layer_pattern": ["global"]}, "layer_pattern.0: 'global': Input should be 'full', 'sliding', 'chunked', 'compressed_sparse', "
-         "'heavily_compressed' or 'shared'"),
+         "'heavily_compressed', 'shared', 'recurrent', 'hybrid' or 'mlp'"),
         ({"layer_pattern": []}, "layer_pattern: \\[\\]: Tuple should have at least 1 item"),
         ({"heads": 8}, "heads: unknown field \\(value 8\\)"),
         ({"name": "Has Spaces"}, "name: 'Has Spaces': String should match pattern"),
