@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel
-from kvcalc.spec import CompressedAttention, LayerKind, MlaAttention, ModelSpec
+from kvcalc.spec import NO_CACHE_KINDS, CompressedAttention, LayerKind, MlaAttention, ModelSpec, RecurrentKind
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy
 import torch  # noqa: E402  (measurement is the one place torch is imported)
@@ -30,10 +30,13 @@ from kvcalc.nn.attention import Attention  # noqa: E402
 from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
+from kvcalc.nn.recurrent import GatedDeltaNet, Mamba2  # noqa: E402
 
 WHOLE = Shard()
 """One process holding the whole layer."""
 
+MEASURED_MIXERS = (RecurrentKind.GATED_DELTANET, RecurrentKind.MAMBA2)
+"""The recurrent mixers ``nn/recurrent.py`` builds."""
 CACHE_DTYPES = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -119,8 +122,13 @@ def check_options(options: MeasureOptions, spec: ModelSpec | None = None) -> Non
     if options.decode_steps < 0:
         raise OptionError(f"--decode-steps: {options.decode_steps} must be 0 or more")
     if spec is not None and spec.recurrent is not None:
-        raise OptionError(f"{spec.name}: kvcalc has no {spec.recurrent.kind} layer to measure yet "
-                          "(linear-attention and Mamba state); show and compare give its exact figures")
+        if spec.recurrent.kind not in MEASURED_MIXERS:
+            raise OptionError(f"{spec.name}: kvcalc has no {spec.recurrent.kind} layer to measure yet (it "
+                              f"builds {' and '.join(MEASURED_MIXERS)}); show and compare give its exact "
+                              "figures")
+        if spec.layer_counts[LayerKind.HYBRID]:
+            raise OptionError(f"{spec.name}: kvcalc does not build a layer with attention and a mixer side "
+                              "by side (hybrid) to measure yet; show and compare give its exact figures")
     if spec is not None and isinstance(spec.attention, CompressedAttention) and options.tp > 1:
         raise OptionError(f"--tp {options.tp}: kvcalc's DeepSeek-V4 layer is not sharded for tensor "
                           "parallelism (every rank would hold the same cache: one K = V head)")
@@ -138,7 +146,7 @@ def measure(
     fp = footprint(spec, Options(options.seq_len, options.batch, options.kv_dtype, options.layout,
                                  parallel=parallel))
     kinds = {kind: min(options.layers, n) for kind, n in spec.layer_counts.items()
-             if n and kind is not LayerKind.SHARED}  # a shared layer allocates nothing to measure
+             if n and kind not in NO_CACHE_KINDS}  # a shared or MLP layer allocates nothing to measure
     per_layer = {p.layer_kind: 0 for p in fp.gpu_parts}
     for p in fp.gpu_parts:
         per_layer[p.layer_kind] += p.bytes_per_token_layer * p.cells
@@ -234,8 +242,15 @@ def make_layer(
     init), moved to ``device`` uninitialised, then filled in one cheap pass -- uniform(±1/sqrt(fan_in))
     for projections, ones for norms; from ``seed`` when given (on the CPU), so ranks agree."""
     attn = spec.attention_for(kind)
+    mixer = spec.recurrent
     with torch.device("meta"):
-        if isinstance(attn, CompressedAttention):
+        if kind is LayerKind.RECURRENT and mixer.kind is RecurrentKind.GATED_DELTANET:
+            layer = GatedDeltaNet(spec.hidden_size, mixer.num_k_heads, mixer.num_v_heads, mixer.head_k_dim,
+                                  mixer.head_v_dim, mixer.conv_kernel, dtype=dtype)
+        elif kind is LayerKind.RECURRENT:
+            layer = Mamba2(spec.hidden_size, mixer.num_heads, mixer.head_dim, mixer.d_state, mixer.n_groups,
+                           mixer.conv_kernel, dtype=dtype)
+        elif isinstance(attn, CompressedAttention):
             csa = kind is LayerKind.COMPRESSED_SPARSE
             layer = CompressedAttentionLayer(
                 spec.hidden_size, attn.num_heads, attn.head_dim, attn.qk_rope_head_dim // 2 * 2,

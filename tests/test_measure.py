@@ -112,3 +112,24 @@ def test_chunked_layers_hold_one_chunk():
     full, chunked = 2 * 2 * 16 * 2 * 40, 2 * 2 * 16 * 2 * 16  # one layer of each kind, bf16
     assert row.measured_bytes == full + chunked == row.analytic_bytes
     assert row.model_bytes_scaled == full + 3 * chunked == row.model_bytes
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("mixer", [
+    {"kind": "gated_deltanet", "num_k_heads": 2, "num_v_heads": 4, "head_k_dim": 16, "head_v_dim": 8,
+     "conv_kernel": 4},
+    {"kind": "mamba2", "num_heads": 4, "head_dim": 8, "d_state": 16, "n_groups": 2, "conv_kernel": 4},
+])
+def test_recurrent_layers_hold_their_state(mixer, kv_dtype):
+    """A hybrid's recurrent layers keep conv inputs and a state whatever the length, MLP blocks
+    nothing: measured bytes equal the analytic figure, scaled to the model."""
+    from kvcalc.spec import ModelSpec
+
+    spec = ModelSpec.from_dict({
+        "name": "hybrid", "display_name": "Hybrid", "num_layers": 8, "hidden_size": 64,
+        "attention": {"kind": "standard", "num_heads": 4, "num_kv_heads": 2, "head_dim": 16},
+        "layer_pattern": ["recurrent", "mlp", "recurrent", "full"], "recurrent": mixer})
+    row = measure(spec, MeasureOptions(seq_len=24, batch=2, kv_dtype=kv_dtype, decode_steps=3, layers=2), CPU)
+    assert row.match and row.measured_bytes == row.analytic_bytes > 0
+    assert row.layers == 4  # two recurrent, two full; MLP blocks allocate nothing
+    assert row.model_bytes_scaled == row.model_bytes

@@ -200,8 +200,15 @@ def test_tp_and_measure_refuse_state(cli, tmp_path):
     path.write_text(json.dumps(QWEN3_NEXT))
     status, _, err = cli("compare", str(path), "--tp", "2")
     assert status == 2 and "recurrent state splits across tensor-parallel ranks is not modelled yet" in err
-    status, _, err = cli("measure", str(path), "--seq", "16")
-    assert status == 2 and "kvcalc has no gated_deltanet layer to measure yet" in err
+    kimi = tmp_path / "kimi.json"
+    kimi.write_text(json.dumps({"model_type": "kimi_linear", **TINY, **KIMI, "num_hidden_layers": 5}))
+    status, _, err = cli("measure", str(kimi), "--seq", "16")
+    assert status == 2 and "kvcalc has no kda layer to measure yet (it builds gated_deltanet and mamba2)" in err
+    falcon = tmp_path / "falcon.json"
+    falcon.write_text(json.dumps({"model_type": "falcon_h1", **TINY, "num_hidden_layers": 2, **MAMBA2,
+                                  "mamba_d_ssm": 128}))
+    status, _, err = cli("measure", str(falcon), "--seq", "16")
+    assert status == 2 and "attention and a mixer side by side (hybrid)" in err
 
 
 @pytest.mark.parametrize(("config", "message"), [
