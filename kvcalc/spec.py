@@ -450,7 +450,8 @@ class ModelSpec:
             raise ValueError(f"{self.layer_counts[kind]} layers are {kind} but recurrent (their mixer) is "
                              "not set")
         if self.recurrent is not None and not layers:
-            raise ValueError("recurrent is set but no layer is recurrent or hybrid")
+            raise ValueError("recurrent is set but no layer is recurrent or hybrid "
+                             "(layer_pattern, layer_types)")
         if layers and isinstance(self.attention, CompressedAttention):
             raise ValueError("recurrent layers beside compressed attention (DeepSeek-V4) are not modelled")
 

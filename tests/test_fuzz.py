@@ -32,6 +32,7 @@ import kvcalc
 from kvcalc.cli import main
 from tests.conftest import MINIMAL_SPEC
 from tests.test_hf import DEEPSEEK_V3, FAMILIES, LLAMA_31_8B, MIXTRAL, QWEN25_7B
+from tests.test_recurrent import QWEN3_NEXT
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((Path(kvcalc.__file__).parent / "model_specs").glob("*.yaml"))
@@ -44,7 +45,20 @@ for _name, _config in [*((f, c) for f, (c, _) in FAMILIES.items()), ("llama-3.1-
 for _path in sorted((REPO / "tests" / "data" / "published").glob("*.json")):
     if _path.stem != "deepseek-v4-flash":  # refused whole, by model_type
         CONFIGS[_path.stem] = json.loads(_path.read_text())
+CONFIGS["qwen3-next"] = QWEN3_NEXT  # recurrent families: their mixer fields mutated too
+CONFIGS["kimi-linear"] = {"model_type": "kimi_linear", "num_hidden_layers": 8, "hidden_size": 2304,
+                          "num_attention_heads": 32, "linear_attn_config": {"full_attn_layers": [4, 8],
+                          "kda_layers": [1, 2, 3, 5, 6, 7], "num_heads": 32, "head_dim": 128}}
+CONFIGS["nemotron-h"] = {"model_type": "nemotron_h", "num_hidden_layers": 9, "hidden_size": 4096,
+                         "num_attention_heads": 32, "hybrid_override_pattern": "M-M-M*-M-", "mamba_num_heads": 128}
+SPECS["hybrid-spec"] = {
+    "name": "hybrid", "display_name": "Hybrid", "num_layers": 8, "hidden_size": 64,
+    "attention": {"kind": "standard", "num_heads": 4, "num_kv_heads": 2, "head_dim": 16},
+    "layer_pattern": ["recurrent", "mlp", "recurrent", "full"],
+    "recurrent": {"kind": "mamba2", "num_heads": 4, "head_dim": 8, "d_state": 16, "n_groups": 2, "conv_kernel": 4}}
 DOCS = {"spec": SPECS, "hf": CONFIGS}
+OPTIONAL = {"nemotron-h": {"num_hidden_layers"}}
+"""Fields a family derives, where others require them (Nemotron-H's layer count: its layer list)."""
 
 
 class _Delete:
@@ -80,12 +94,20 @@ HF_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_emb
              "first_k_dense_replace", "attention_chunk_size", "no_rope_layer_interval", "global_head_dim",
              "num_global_key_value_heads", "sliding_window_size", "swa_num_key_value_heads", "swa_head_dim",
              "swa_v_head_dim", "index_topk_freq", "index_skip_topk_offset", "index_head_dim", "index_n_heads",
-             "index_topk", "num_kv_shared_layers", "compress_rate_csa", "compress_rate_hca"}
+             "index_topk", "num_kv_shared_layers", "compress_rate_csa", "compress_rate_hca",
+             # recurrent mixers and layouts
+             "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+             "linear_conv_kernel_dim", "linear_num_heads", "linear_head_dim", "full_attention_interval",
+             "mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel", "mamba_n_heads",
+             "mamba_n_groups", "mamba_d_state", "mamba_d_conv", "mamba_expand", "attn_layer_period",
+             "attn_layer_offset"}
 # Fields of structure (lists, mappings, modes) where several of the mutations are real values
 # ([] no_rope_layers: the default layout; {} per_layer_config: no override): any outcome that is a
 # figure or a one-line error naming the field is right.
 HF_STRUCTURED = {"no_rope_layers", "per_layer_config", "indexer_types", "index_topk_pattern",
-                 "use_bidirectional_attention", "compress_ratios", "compress_rates", "architectures"}
+                 "use_bidirectional_attention", "compress_ratios", "compress_rates", "architectures",
+                 "linear_attn_config", "hybrid_override_pattern", "layers_block_type", "mamba_d_head",
+                 "mamba_d_ssm", "attn_type_list"}
 HF_READ = HF_COUNTS | FLAGS | HF_STRUCTURED | {"model_type", "topk_method", "layer_types", "text_config"}
 HF_REQUIRED = {"num_hidden_layers", "n_layer", "hidden_size", "num_attention_heads", "n_head", "text_config"}
 # Fields that change the parameter count or a label, never bytes_per_token.
@@ -237,6 +259,8 @@ def hf_field(doc: dict, path: tuple) -> str | None:
     if path in (("text_config",), ("model_type",)):
         return path[0]
     inner = ("text_config",) if isinstance(doc.get("text_config"), dict) else ()
+    if path[: len(inner)] == inner and len(path) > len(inner) + 1 and path[len(inner)] in HF_STRUCTURED:
+        return path[len(inner)]  # inside a structured field (linear_attn_config's lists)
     return path[-1] if path[:-1] == inner and path[-1] in HF_READ else None
 
 
@@ -253,6 +277,7 @@ def fuzz_case(kind: str, name: str, path: tuple, value) -> None:
     # Every key of a bundled spec is a schema field; a config holds keys kvcalc never reads.
     field = path[-1] if kind == "spec" else hf_field(doc, path)
     required, blame, no_cache = RULES[kind]
+    required = required - OPTIONAL.get(name, set())
     if kind == "spec" and _parent(doc, path).get("kind") == "standard":
         required = required - {"v_head_dim"}  # standard attention's V defaults to head_dim
     figure = baseline(kind, name) if field is None or field in no_cache else None

@@ -219,7 +219,7 @@ def test_tp_and_measure_refuse_state(cli, tmp_path):
     ({"model_type": "qwen3_next", "layer_types": ["mamba"] * 4}, r"layer_types: 'mamba' is not supported"),
     ({"model_type": "nemotron_h", "hybrid_override_pattern": "MX"}, r"hybrid_override_pattern: 'MX'"),
     ({"model_type": "kimi_linear", "linear_attn_config": {"full_attn_layers": [1], "kda_layers": [1]}},
-     r"linear_attn_config: full_attn_layers and kda_layers must list the layers 1 to 4 once"),
+     r"linear_attn_config: full_attn_layers \[1\] and kda_layers \[1\] must list the layers 1 to 4 once"),
 ])
 def test_configs_kvcalc_cannot_read_as_transformers_does_are_refused(tmp_path, config, message):
     with pytest.raises(SpecError, match=message):
