@@ -492,16 +492,16 @@ _GDN = {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_h
         "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4,
         "head_dim": 256}
 _LINEAR = {"layer_type_names": RECURRENT_LAYER_TYPES, "counts_params": False}
+_GDN_FAMILY = {"layer_type_names": RECURRENT_LAYER_TYPES, "mixer": gated_deltanet_mixer}
+"""Qwen3-Next and Qwen3.5: their weights counted too (``hf._params``)."""
 _MAMBA2_NAMES = {"linear_attention": "recurrent", "full_attention": "full", "mamba": "recurrent",
                  "attention": "full"}
 
 FAMILIES.update({
-    "qwen3_next": Family(_cfg("qwen3_next"), qwen3_next, {**_GDN, "num_key_value_heads": 2},
-                         mixer=gated_deltanet_mixer, **_LINEAR),
-    "qwen3_5_text": Family(_cfg("qwen3_5"), qwen3_next, {**_GDN, "num_key_value_heads": 4},
-                           mixer=gated_deltanet_mixer, **_LINEAR),
+    "qwen3_next": Family(_cfg("qwen3_next"), qwen3_next, {**_GDN, "num_key_value_heads": 2}, **_GDN_FAMILY),
+    "qwen3_5_text": Family(_cfg("qwen3_5"), qwen3_next, {**_GDN, "num_key_value_heads": 4}, **_GDN_FAMILY),
     "qwen3_5_moe_text": Family(_cfg("qwen3_5_moe"), qwen3_next, {**_GDN, "num_key_value_heads": 2},
-                               mixer=gated_deltanet_mixer, **_LINEAR),
+                               **_GDN_FAMILY),
     "kimi_linear": Family(_cfg("kimi_linear"), kimi_linear, mla=True, mixer=kda_mixer,
                           defaults={"kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64,
                                     "v_head_dim": 128, "qk_nope_head_dim": 128, "linear_head_dim": 128,

@@ -35,6 +35,8 @@ from kvcalc.spec import (
     MAX_LAYERS,
     MAX_TOKENS,
     ModelSpec,
+    RecurrentKind,
+    RecurrentState,
     StandardAttention,
 )
 
@@ -42,7 +44,11 @@ _HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "t
 _REFERENCE_MARKERS = ("n_layers", "n_heads", "dim")
 
 _QKV_BIAS = {"qwen2", "qwen2_moe"}
-_QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
+_QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"}
+_DENSE_MLP = {"qwen3_5_text"}
+"""Families whose class has no experts: expert fields in the file are ignored."""
+_GATED_QUERY = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"}
+"""Attention whose q_proj also makes a sigmoid output gate as wide as the query (Qwen3-Next)."""
 _FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 _CHUNKED_TYPE = {"chunked_attention": "chunked"}
@@ -512,6 +518,10 @@ def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:
                             f"num_hidden_layers is {spec.num_layers}")
         cfg.assume("params unknown: intermediate_size differs per layer")
         return None
+    sparse = (cfg.raw.get("mlp_only_layers"), cfg.raw.get("decoder_sparse_step"))
+    if sparse[0] not in (None, []) or sparse[1] not in (None, 1):
+        cfg.assume("params unknown: mlp_only_layers or decoder_sparse_step make some MLPs dense")
+        return None
     vocab = cfg.optional_int("vocab_size")
     inter = cfg.optional_int("intermediate_size")
     if vocab is None or inter is None:
@@ -523,9 +533,11 @@ def _params(cfg: _Config, model_type: str, spec: ModelSpec) -> int | None:
         cfg.assume("tie_word_embeddings false (absent from the config): a separate output matrix")
     embeddings = vocab * hidden * (1 if tied else 2)
     attention = _attention_params(cfg, model_type, spec.attention, hidden)
+    mixer = 0 if spec.recurrent is None else _mixer_params(spec.recurrent, hidden)
+    mixers = [attention if kind == "full" else mixer for kind in spec.layer_kinds]
     norms = (4 if model_type in _FOUR_NORMS else 2) * hidden
-    mlp = _mlp_params(cfg, hidden, inter)
-    total = embeddings + hidden + sum(attention + norms + mlp(i) for i in range(layers))
+    mlp = (lambda i: 3 * hidden * inter) if model_type in _DENSE_MLP else _mlp_params(cfg, hidden, inter)
+    total = embeddings + hidden + sum(mixers[i] + norms + mlp(i) for i in range(layers))
     cfg.assume("params derived from the config (gated MLPs; expert and output biases not counted)")
     return total
 
@@ -539,7 +551,20 @@ def _attention_params(cfg: _Config, model_type: str, attn, hidden: int) -> int:
             extra += (attn.num_heads + 2 * kv_heads) * d
         if model_type in _QK_NORM:
             extra += 2 * d
+        if model_type in _GATED_QUERY:
+            extra += hidden * attn.num_heads * d
     return attn.weight_count(hidden) + extra
+
+
+def _mixer_params(mixer: RecurrentState, hidden: int) -> int:
+    """A gated DeltaNet layer's weights (transformers' Qwen3NextGatedDeltaNet): q|k|v|z and b|a
+    projections, the depthwise conv, per-head dt bias and A, the gated norm, the output projection."""
+    if mixer.kind is not RecurrentKind.GATED_DELTANET:
+        raise ValueError(f"params: kvcalc does not count a {mixer.kind} mixer's weights")
+    key, value = mixer.num_k_heads * mixer.head_k_dim, mixer.num_v_heads * mixer.head_v_dim
+    heads = mixer.num_v_heads
+    return (mixer.conv_channels * mixer.conv_kernel + (2 * key + 2 * value) * hidden + 2 * heads * hidden
+            + 2 * heads + mixer.head_v_dim + value * hidden)
 
 
 def _mlp_params(cfg: _Config, hidden: int, inter: int) -> Callable[[int], int]:

@@ -269,3 +269,36 @@ def test_qwen3_5_wrappers_read_their_text_config(tmp_path):
     alone = read(text, tmp_path)
     assert wrapped.recurrent == alone.recurrent and wrapped.layer_kinds == alone.layer_kinds
     assert wrapped.architecture == "Qwen3_5ForConditionalGeneration"
+
+
+@pytest.mark.parametrize(("model_type", "fields"), [
+    ("qwen3_next", {**QWEN3_NEXT, "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 512,
+                    "shared_expert_intermediate_size": 512, "intermediate_size": 5120, "vocab_size": 151936,
+                    "tie_word_embeddings": False}),
+    ("qwen3_5_text", {**TINY, **GDN, "num_hidden_layers": 8, "tie_word_embeddings": True}),
+    ("qwen3_5_moe_text", {**TINY, **GDN, "num_hidden_layers": 8}),
+])
+def test_gated_deltanet_models_count_their_weights_as_transformers_builds_them(tmp_path, model_type, fields):
+    """Every parameter of transformers' own model, built on the meta device (Qwen3-Next-80B-A3B's
+    shape: 79,674,391,296, the model card's "80B" without its MTP layer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = {**fields, "model_type": model_type}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    assert read(config, tmp_path).params == sum(p.numel() for p in model.parameters())
+
+
+def test_fit_answers_for_qwen3_next_from_its_config(tmp_path, cli):
+    """How many 32k sequences of Qwen3-Next fit on one H200, with every sequence's state counted."""
+    config = {**QWEN3_NEXT, "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 512,
+              "shared_expert_intermediate_size": 512, "intermediate_size": 5120, "vocab_size": 151936,
+              "tie_word_embeddings": False}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    status, out, _ = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--format",
+                         "json")
+    (row,) = json.loads(out)
+    budget = row["kv_budget_bytes_per_gpu"]
+    assert status == 0 and row["max_concurrency"] == budget // (32_768 * 24_576 + 77_856_768)
