@@ -37,6 +37,7 @@ from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
 from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
+from kvcalc.plan import state_factors as plan_state_factors
 from kvcalc.spec import (
     NO_CACHE_KINDS,
     Attention,
@@ -446,6 +447,8 @@ def _prepared(spec: ModelSpec, options: Options):
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     blocks = None
+    if engine.block_pool and spec.recurrent is not None:
+        engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options.block_size)
     if engine.block_pool:
         _check_equal_pages(engine, whole)
         _check_vllm_windows(spec, par)
@@ -459,7 +462,71 @@ def _layer_page_bytes(groups: tuple[Group, ...], engine: Engine) -> int:
     """One layer's page on this GPU (every kind's is the same: ``_check_equal_pages``); 0 on a stage
     whose layers all share another's cache."""
     own = [g for g in groups if g.kind != packing.PADDING]
-    return sum(r.bytes for r in own[0].rows) * engine.page_tokens if own else 0
+    return _page_bytes(own[0], engine) if own else 0
+
+
+def _page_bytes(group: Group, engine: Engine) -> int:
+    """A page of one layer of ``group``: its token rows for a page of tokens; a state page whole."""
+    return sum(r.bytes if r.growth is Growth.STATE else r.bytes * engine.page_tokens for r in group.rows)
+
+
+VLLM_STATE = {"Qwen3NextForCausalLM": (64, 1), "JambaForCausalLM": (16, 0),
+              "GraniteMoeHybridForCausalLM": (16, 1)}
+"""The hybrid architectures whose state kvcalc pages as vLLM 0.33 does on Hopper, with the block
+alignment and the prefill-checkpoint blocks of their mixer: gated DeltaNet prefills with FlashInfer
+on SM90 (alignment 64, one checkpoint block; layers/mamba/gdn/qwen_gdn_linear_attn.py), Mamba2
+keeps one checkpoint block (mamba_mixer2.py), Mamba1 none. Their state is in the model dtype
+("auto"; no override in model_executor/models/config.py). docs/facts/vllm-sglang-recurrent-state.md"""
+_VLLM_STATE_REFUSED = {
+    "NemotronHForCausalLM": "vLLM takes its SSM state dtype from the config's mamba_ssm_cache_dtype "
+    "(float32 when absent), which kvcalc does not read",
+    "Qwen3_5ForConditionalGeneration": "vLLM takes its SSM state dtype from the config's mamba_ssm_dtype, "
+    "which kvcalc does not read",
+    "FalconH1ForCausalLM": "its layers hold attention and Mamba2 side by side: how vLLM groups those is not "
+    "modelled",
+    "MiniMaxText01ForCausalLM": "vLLM dropped MiniMax-Text-01 / M1 after 0.23 "
+    "(model_executor/models/registry.py)",
+}
+
+
+def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int | None):
+    """vLLM 0.33's recurrent layers (platforms/interface.py, v1/kv_cache_interface.py ``MambaSpec``):
+    each holds per sequence one page of its conv state (conv_kernel - 1 inputs) and its state, in
+    the model dtype (bf16 assumed); the attention block size rises to the smallest multiple of the
+    alignment whose page holds that state, and the state page is padded to the attention page. With
+    prefix caching (its default) a request reserves 2 + checkpoint pages per recurrent group."""
+    name = spec.architecture
+    if name not in VLLM_STATE:
+        why = _VLLM_STATE_REFUSED.get(name or "", f"how it pages the state of {name or 'this architecture'} "
+                                      "is not modelled")
+        raise OptionError(f"--engine {engine.name}: {why} ({spec.recurrent.kind} state)")
+    if block_size is not None:
+        raise OptionError(f"--block-size {block_size}: vLLM sets a hybrid model's attention block size "
+                          "itself (to hold the recurrent state's page)")
+    align, checkpoint = VLLM_STATE[name]
+    mixer = spec.recurrent
+    conv = (mixer.conv_kernel - 1) * mixer.conv_channels * 2
+    state = math.prod(f.size for f in plan_state_factors(mixer)) * 2
+    full = next(g for g in whole if g.kind is LayerKind.FULL)
+    token = sum(r.bytes for r in full.rows if r.growth is not Growth.STATE)
+    block = max(16, 16 * ceil_div(align * ceil_div(conv + state, align * token), 16))
+    page = block * token
+    row = Row(f"state page: conv ({mixer.conv_kernel - 1} × {mixer.conv_channels}) + state, bf16, padded to "
+              f"{page:,} B", (), page, Growth.STATE, 2 + checkpoint)
+
+    def paged(groups):
+        return tuple(replace(g, rows=(row,)) if g.kind is LayerKind.RECURRENT else g for g in groups)
+
+    engine = replace(engine, page_tokens=block, rules=(
+        f"pages of {block} tokens: each sequence rounded up to whole pages",
+        *(r for r in engine.rules if not r.startswith("pages of")),
+        f"recurrent layers: a page of conv state ({mixer.conv_kernel - 1} inputs) and state, "
+        f"{conv + state:,} B in bf16 (the model dtype, assumed); the attention block size rises to {block} "
+        f"tokens, a multiple of {align}, so that its page ({page:,} B) holds it, and the state page is "
+        "padded to it "
+        "(platforms/interface.py); a sequence holds one state page per layer, and admission reserves "
+        f"{2 + checkpoint} (v1/kv_cache_interface.py MambaSpec, prefix caching on)"))
+    return engine, paged(whole), tuple(paged(stage) for stage in stages)
 
 
 def _check_vllm_windows(spec: ModelSpec, par: Parallel) -> None:
@@ -562,7 +629,7 @@ def _check_compressed(spec: ModelSpec, options: Options) -> None:
 
 def _check_equal_pages(engine: Engine, groups: tuple[Group, ...]) -> None:
     """vLLM resizes or pads pages of different byte sizes to one size; kvcalc refuses to guess."""
-    sizes = {g.kind: sum(r.bytes for r in g.rows) for g in groups}
+    sizes = {g.kind: _page_bytes(g, engine) // engine.page_tokens for g in groups}
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{kind} {size:,} B" for kind, size in sizes.items())
         raise OptionError(f"--engine {engine.name}: its layers' pages differ in size per token ({shown}); "
@@ -606,6 +673,8 @@ def admission_cells(engine: Engine, growth: Growth, span: int | None, page: int 
         return ceil_div(tokens, page) * (page // span)
     if growth is Growth.EVERY:
         return ceil_div(tokens, page) * page
+    if growth is Growth.STATE:  # a recurrent layer's state pages: span is the pages admission reserves
+        return span or 1
     if growth in (Growth.WINDOW, Growth.STATE_WINDOW):
         return (ceil_div(min(span - 1 + in_flight, tokens), page) + 1) * page
     if growth is Growth.CHUNK:

@@ -275,6 +275,7 @@ def _vllm(variant: str, page: int, mla_cache: MlaCache, rule: str, dsa: bool = T
     hybrid KV-cache manager on by default): ``ChunkedLocalAttentionManager`` frees the pages before
     the current chunk (v1/core/single_type_kv_cache_manager.py)."""
     return Engine(
+        recurrent=True,
         compressed=CompressedCache.VLLM,
         shares_layers=True,
         chunk_rule=WindowRule.CHUNK_PAGES,

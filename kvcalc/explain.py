@@ -254,6 +254,10 @@ def _reservation_lines(fp: Footprint) -> list[str]:
     for (growth, span, page), part in laws.items():
         pages = admission_cells(engine, growth, span, page, seq, fp.in_flight) // (
             page // span if growth is Growth.COMPRESSED else page)
+        if growth is Growth.STATE:
+            lines.append(f"  {_kind_text(part)}: {span} state pages per layer (2, and {span - 2} prefill "
+                         "checkpoint)")
+            continue
         if growth in (Growth.WINDOW, Growth.STATE_WINDOW):
             rule = f"cdiv(min({span:,} - 1 + {fp.in_flight:,}, {seq:,}), {page}) + 1"
         elif growth is Growth.CHUNK:
@@ -313,7 +317,7 @@ def _cell_rule(engine: Engine, growth: Growth, page: int) -> str:
         return f"the last {span} - 1 tokens"
     if growth is not Growth.EVERY and rule is WindowRule.UBATCH:
         return f"{span} × sequences + 512, padded to 256"
-    if growth is not Growth.CHUNK and rule is WindowRule.PAGE_SPAN:
+    if growth is Growth.WINDOW and rule is WindowRule.PAGE_SPAN:
         return f"the {page}-token pages spanning the window"
     if growth is Growth.CHUNK and rule is WindowRule.CHUNK_PAGES:
         return f"the most {page}-token pages one chunk spans"

@@ -333,6 +333,8 @@ def _vllm_notes(spec: ModelSpec, c: Curve, vllm: VllmCapacity, options: Options)
         rules.append(f"a sliding window the pages of window - 1 + {in_flight} tokens, plus one")
     if counts[LayerKind.CHUNKED]:
         rules.append(f"a chunk the pages of chunk + {in_flight} tokens")
+    if counts[LayerKind.RECURRENT]:
+        rules.append("a recurrent layer 2 state pages and its prefill checkpoint's")
     notes.append(
         f"vLLM reserves {vllm.request_blocks:,} blocks of {vllm.block_bytes:,} B to admit a request of "
         f"{options.seq_len:,} tokens -- for {' and '.join(rules)} (v1/kv_cache_interface.py "

@@ -155,21 +155,25 @@ def state_parts(mixer: RecurrentState) -> tuple[PartPlan, ...]:
         conv = (PartPlan("conv state", (Factor(mixer.conv_channels, _CONV_LABEL[mixer.kind]),
                                         Factor(mixer.conv_kernel, "conv_kernel")),
                          Split.HEADS, growth=Growth.STATE),)
-    match mixer.kind:
-        case RecurrentKind.GATED_DELTANET:
-            factors = (Factor(mixer.num_v_heads, "value heads"), Factor(mixer.head_k_dim, "head_k_dim"),
-                       Factor(mixer.head_v_dim, "head_v_dim"))
-        case RecurrentKind.KDA | RecurrentKind.LIGHTNING:
-            factors = (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
-                       Factor(mixer.head_dim, "head_dim"))
-        case RecurrentKind.MAMBA2:
-            factors = (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
-                       Factor(mixer.d_state, "d_state"))
-        case _:
-            factors = (Factor(mixer.intermediate_size, "intermediate_size"), Factor(mixer.d_state, "d_state"))
+    factors = state_factors(mixer)
     storage = Storage.CACHE if mixer.kind is RecurrentKind.LIGHTNING else Storage.FP32
     name = "SSM state" if mixer.kind in (RecurrentKind.MAMBA, RecurrentKind.MAMBA2) else "recurrent state"
     return (*conv, PartPlan(name, factors, Split.HEADS, storage, Growth.STATE))
+
+
+def state_factors(mixer: RecurrentState) -> tuple[Factor, ...]:
+    """The recurrent state's width per sequence and layer."""
+    match mixer.kind:
+        case RecurrentKind.GATED_DELTANET:
+            return (Factor(mixer.num_v_heads, "value heads"), Factor(mixer.head_k_dim, "head_k_dim"),
+                    Factor(mixer.head_v_dim, "head_v_dim"))
+        case RecurrentKind.KDA | RecurrentKind.LIGHTNING:
+            return (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
+                    Factor(mixer.head_dim, "head_dim"))
+        case RecurrentKind.MAMBA2:
+            return (Factor(mixer.num_heads, "heads"), Factor(mixer.head_dim, "head_dim"),
+                    Factor(mixer.d_state, "d_state"))
+    return (Factor(mixer.intermediate_size, "intermediate_size"), Factor(mixer.d_state, "d_state"))
 
 
 _CONV_LABEL = {

@@ -174,7 +174,6 @@ def test_mamba_state_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize(("engine", "message"), [
-    ("vllm", "vllm@default: how it holds the recurrent state"),
     ("sglang", "sglang@default: how it holds the recurrent state"),
     ("llama.cpp", "llama.cpp@2026: how it holds the recurrent state"),
     ("transformers@5.14", "transformers@5.14: how it holds the recurrent state"),
@@ -302,3 +301,59 @@ def test_fit_answers_for_qwen3_next_from_its_config(tmp_path, cli):
     (row,) = json.loads(out)
     budget = row["kv_budget_bytes_per_gpu"]
     assert status == 0 and row["max_concurrency"] == budget // (32_768 * 24_576 + 77_856_768)
+
+
+QWEN3_NEXT_80B = {**QWEN3_NEXT, "architectures": ["Qwen3NextForCausalLM"], "num_experts": 512,
+                  "num_experts_per_tok": 10, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+                  "intermediate_size": 5120, "vocab_size": 151936, "tie_word_embeddings": False}
+
+
+def test_vllm_pages_qwen3_next_state_as_it_aligns_it(tmp_path):
+    """docs/facts/vllm-sglang-recurrent-state.md section A.3: the GDN state page (conv 3 x 8,192 +
+    32 x 128 x 128, bf16) is 1,097,728 B; the attention block rises to 64 x cdiv(1,097,728, 64 x 2,048)
+    = 576 tokens, the state page is padded to 576 x 2,048 B; 12 full and 36 GDN layers make 4 groups
+    of 12, a block of 14,155,776 B; a request holds cdiv(L, 576) + 3 blocks and reserves
+    cdiv(M, 576) + 3 x (2 + 1)."""
+    from kvcalc.analytic import curve
+    from kvcalc.fit import fit
+
+    spec = read(QWEN3_NEXT_80B, tmp_path)
+    options = Options(32_768, engine="vllm")
+    c = curve(spec, options)
+    assert c.engine.page_tokens == 576 and c.block_bytes == (14_155_776,)
+    fp = footprint(spec, options)
+    assert fp.state_bytes_per_sequence == 36 * 576 * 2048
+    assert fp.total_bytes == (57 + 3) * 14_155_776  # cdiv(32,768, 576) attention blocks + one per GDN group
+    assert c.request_blocks(32_768, 16_384) == 57 + 9
+    assert curve(spec, Options(1, engine="vllm", kv_dtype="fp8")).engine.page_tokens == 64 * 17  # 1,024 B a token
+    f = fit(spec, options, gpu_name="h200", gpu_mem_bytes=150_754_820_096, weights_dtype="fp8")
+    blocks = f.kv_budget_bytes_per_gpu // 14_155_776
+    assert f.max_concurrency == (blocks - 1) // 66
+    assert f.engine_log.endswith(f"Maximum concurrency for 32,768 tokens per request: {blocks / 66:.2f}x")
+
+
+def test_vllm_pages_jamba_state_in_blocks_of_80(tmp_path):
+    """Mamba1: conv 3 x 8,192 + state 8,192 x 16 in bf16 = 311,296 B; attention 4,096 B a token,
+    alignment 16: blocks of 16 x cdiv(311,296, 65,536) = 80 tokens; 4 full and 28 Mamba layers in 8
+    groups of 4; no prefill checkpoint, so 2 reserved pages per Mamba group."""
+    from kvcalc.analytic import curve
+
+    spec = read({"model_type": "jamba", "architectures": ["JambaForCausalLM"], "num_hidden_layers": 32,
+                 "hidden_size": 4096, "num_attention_heads": 32}, tmp_path)
+    c = curve(spec, Options(1, engine="vllm"))
+    assert c.engine.page_tokens == 80 and c.block_bytes == (4 * 80 * 4096,)
+    assert c.request_blocks(8_000, 16_384) == 100 + 7 * 2
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 4096,
+      "num_attention_heads": 32, "num_hidden_layers": 4}, "mamba_ssm_cache_dtype"),
+    ({"model_type": "falcon_h1", "architectures": ["FalconH1ForCausalLM"], "hidden_size": 1024,
+      "num_attention_heads": 8, "num_hidden_layers": 4}, "attention and Mamba2 side by side"),
+    ({**QWEN3_NEXT, "architectures": None}, "how it pages the state of this architecture is not modelled"),
+])
+def test_vllm_refuses_state_it_does_not_page(tmp_path, config, message):
+    with pytest.raises(OptionError, match=message):
+        footprint(read({k: v for k, v in config.items() if v is not None}, tmp_path), Options(10, engine="vllm"))
+    with pytest.raises(OptionError, match="vLLM sets a hybrid model's attention block size itself"):
+        footprint(read(QWEN3_NEXT_80B, tmp_path), Options(10, engine="vllm", block_size=64))
