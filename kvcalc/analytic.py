@@ -36,8 +36,7 @@ from kvcalc.engines import (
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
-from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan
-from kvcalc.plan import state_factors as plan_state_factors
+from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan, state_factors
 from kvcalc.spec import (
     NO_CACHE_KINDS,
     Attention,
@@ -280,10 +279,9 @@ class Curve:
         return _admission_bytes(self.whole_terms, self.engine, seq_len, batch, in_flight)
 
     def request_per_gpu_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
-        """What the fullest GPU reserves to admit ``batch`` sequences of ``seq_len`` tokens (vLLM);
-        elsewhere the most it holds on the way there (``peak_per_gpu_bytes``)."""
+        """What the fullest GPU reserves to admit ``batch`` sequences of ``seq_len`` tokens (vLLM)."""
         if self.block_bytes is None:
-            return self.peak_per_gpu_bytes(seq_len, batch)
+            raise ValueError("only a vLLM curve reserves apart from what it holds")
         tokens, seqs = self._per_rank(seq_len, batch)
         return max(_admission_bytes(terms, self.engine, tokens, seqs, in_flight)
                    for terms in self.stage_terms)
@@ -506,7 +504,7 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int 
     align, checkpoint = VLLM_STATE[name]
     mixer = spec.recurrent
     conv = (mixer.conv_kernel - 1) * mixer.conv_channels * 2
-    state = math.prod(f.size for f in plan_state_factors(mixer)) * 2
+    state = math.prod(f.size for f in state_factors(mixer)) * 2
     full = next(g for g in whole if g.kind is LayerKind.FULL)
     token = sum(r.bytes for r in full.rows if r.growth is not Growth.STATE)
     block = max(16, 16 * ceil_div(align * ceil_div(conv + state, align * token), 16))

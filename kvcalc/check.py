@@ -42,9 +42,9 @@ from pathlib import Path
 
 from kvcalc.analytic import Curve, Options, curve
 from kvcalc.catalog import resolve
-from kvcalc.engines import DEFAULT_BATCHED_TOKENS, SWA_FULL_TOKENS_RATIO, in_flight_batches
+from kvcalc.engines import DEFAULT_BATCHED_TOKENS, SWA_FULL_TOKENS_RATIO, WindowRule, in_flight_batches
 from kvcalc.errors import KvcalcError, UnknownModelError
-from kvcalc.fit import vllm_capacity
+from kvcalc.fit import pool_bytes_per_token, vllm_capacity
 from kvcalc.load import read_bytes
 from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec
@@ -272,7 +272,7 @@ def _sglang_figures(c: Curve, pools: dict[str, re.Match], swa: re.Match | None, 
         if int(swa["full"]) != tokens or int(swa["swa"]) != logged_swa:
             figures.append(Figure("full_layer_tokens, swa_layer_tokens", f"{swa['full']}, {swa['swa']}",
                                   f"{tokens}, {logged_swa}", Verdict.DISAGREE, "the pools' own lines"))
-    elif c.engine.window_rule.value == "pool-share":
+    elif c.engine.window_rule is WindowRule.POOL_SHARE:
         raise LogError(f"{path}: {c.engine.name} keeps this model's sliding layers in an SWA pool, but the "
                        "log allocates one pool (was --disable-hybrid-swa-memory given?)")
     if summary is not None:
@@ -290,19 +290,10 @@ def _sglang_figures(c: Curve, pools: dict[str, re.Match], swa: re.Match | None, 
 
 def _sglang_pool_bytes_per_token(c: Curve, label: str | None) -> int:
     """Bytes per token of one pool on the fullest GPU: every layer's (one pool), the full layers'
-    or the sliding layers'."""
-    from kvcalc.plan import Growth
-
-    def size(stage, keep) -> int:
-        return sum(sum(r.bytes for r in g.rows if keep(r.growth)) * g.layers for g in stage)
-
+    or the sliding layers' (``fit.pool_bytes_per_token``)."""
     if label is None:
-        keep = lambda growth: True  # noqa: E731
-    elif label == "Full":
-        keep = lambda growth: growth is Growth.EVERY  # noqa: E731
-    else:
-        keep = lambda growth: growth in (Growth.WINDOW, Growth.CHUNK)  # noqa: E731
-    return max(size(stage, keep) for stage in c.stages)
+        return c.per_gpu_bytes_per_token
+    return max(pool_bytes_per_token(stage)[0 if label == "Full" else 1] for stage in c.stages)
 
 
 def _sglang_kv_dtype(kv_cache_dtype: str, torch_dtype: str) -> str:

@@ -310,15 +310,22 @@ def sglang_pools(c: Curve, budget: int) -> SglangPools:
         return SglangPools(budget // c.per_gpu_bytes_per_token // page * page, None)
     full = []
     for stage in c.stages:
-        every = sum(sum(r.bytes for r in g.rows if r.growth is Growth.EVERY) * g.layers for g in stage)
-        swa = sum(sum(r.bytes for r in g.rows if r.growth in (Growth.WINDOW, Growth.CHUNK)) * g.layers
-                  for g in stage)
+        every, swa = pool_bytes_per_token(stage)
         cell = every + SWA_FULL_TOKENS_RATIO * swa  # _recompute_cell_size, in its order of float operations
         if not every:
             raise OptionError("SGLang's pool for a model whose every layer slides (all SWA) is not modelled")
         full.append(int(budget // cell) // page * page)
     tokens = min(full)
     return SglangPools(tokens, int(tokens * SWA_FULL_TOKENS_RATIO) // page * page)
+
+
+def pool_bytes_per_token(stage) -> tuple[int, int]:
+    """One GPU stage's bytes per token in SGLang's full pool (layers that keep every token) and in
+    its SWA pool (sliding and chunked layers)."""
+    def size(growths) -> int:
+        return sum(sum(r.bytes for r in g.rows if r.growth in growths) * g.layers for g in stage)
+
+    return size((Growth.EVERY,)), size((Growth.WINDOW, Growth.CHUNK))
 
 
 def _vllm_notes(spec: ModelSpec, c: Curve, vllm: VllmCapacity, options: Options) -> list[str]:
