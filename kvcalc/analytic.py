@@ -36,7 +36,16 @@ from kvcalc.engines import (
 from kvcalc.errors import OptionError
 from kvcalc.formats import Format, PackedMlaFormat, get_format
 from kvcalc.parallel import Parallel, ceil_div, stage_layer_counts, stages
-from kvcalc.plan import Factor, Growth, LayerPlan, PartPlan, Storage, cache_plan, state_factors
+from kvcalc.plan import (
+    Factor,
+    Growth,
+    LayerPlan,
+    PartPlan,
+    Storage,
+    cache_plan,
+    conv_channels_on_rank,
+    state_factors,
+)
 from kvcalc.spec import (
     NO_CACHE_KINDS,
     Attention,
@@ -44,6 +53,7 @@ from kvcalc.spec import (
     LayerKind,
     MlaAttention,
     ModelSpec,
+    RecurrentKind,
     StandardAttention,
 )
 
@@ -445,10 +455,14 @@ def _prepared(spec: ModelSpec, options: Options):
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     blocks = None
+    if engine.state_slots and spec.recurrent is not None:
+        engine, whole, stage_groups = _sglang_state(spec, engine, whole, stage_groups)
     if engine.block_pool and spec.recurrent is not None:
-        engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options.block_size)
+        engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options.block_size,
+                                                  par.attention_tp)
     if engine.block_pool:
-        _check_equal_pages(engine, whole)
+        for groups in stage_groups:  # as each GPU holds its layers
+            _check_equal_pages(engine, groups)
         _check_vllm_windows(spec, par)
         whole, stage_groups, widths = _hybrid_padding(spec, mtp, par, whole, stage_groups)
         blocks = tuple(width * _layer_page_bytes(sg, engine)
@@ -468,31 +482,50 @@ def _page_bytes(group: Group, engine: Engine) -> int:
     return sum(r.bytes if r.growth is Growth.STATE else r.bytes * engine.page_tokens for r in group.rows)
 
 
-VLLM_STATE = {"Qwen3NextForCausalLM": (64, 1), "JambaForCausalLM": (16, 0),
-              "GraniteMoeHybridForCausalLM": (16, 1)}
+_GDN, _MAMBA2 = (64, 1), (16, 1)
+VLLM_STATE = {
+    "Qwen3NextForCausalLM": _GDN, "Qwen3_5ForCausalLM": _GDN, "Qwen3_5ForConditionalGeneration": _GDN,
+    "Qwen3_5MoeForCausalLM": _GDN, "Qwen3_5MoeForConditionalGeneration": _GDN,
+    "JambaForCausalLM": (16, 0), "GraniteMoeHybridForCausalLM": _MAMBA2, "NemotronHForCausalLM": _MAMBA2,
+    "FalconH1ForCausalLM": _MAMBA2, "KimiLinearForCausalLM": (16, 0),
+}
 """The hybrid architectures whose state kvcalc pages as vLLM 0.33 does on Hopper, with the block
 alignment and the prefill-checkpoint blocks of their mixer: gated DeltaNet prefills with FlashInfer
 on SM90 (alignment 64, one checkpoint block; layers/mamba/gdn/qwen_gdn_linear_attn.py), Mamba2
-keeps one checkpoint block (mamba_mixer2.py), Mamba1 none. Their state is in the model dtype
-("auto"; no override in model_executor/models/config.py). docs/facts/vllm-sglang-recurrent-state.md"""
+keeps one checkpoint block (mamba_mixer2.py), Mamba1 and KDA none; a model with MLA aligns its
+block to 128 (platforms/interface.py). docs/facts/vllm-sglang-recurrent-state.md"""
 _VLLM_STATE_REFUSED = {
-    "NemotronHForCausalLM": "vLLM takes its SSM state dtype from the config's mamba_ssm_cache_dtype "
-    "(float32 when absent), which kvcalc does not read",
-    "Qwen3_5ForConditionalGeneration": "vLLM takes its SSM state dtype from the config's mamba_ssm_dtype, "
-    "which kvcalc does not read",
-    "FalconH1ForCausalLM": "its layers hold attention and Mamba2 side by side: how vLLM groups those is not "
-    "modelled",
     "MiniMaxText01ForCausalLM": "vLLM dropped MiniMax-Text-01 / M1 after 0.23 "
     "(model_executor/models/registry.py)",
 }
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int | None):
+def vllm_state_dtype(spec: ModelSpec) -> tuple[str, str]:
+    """The dtype vLLM 0.33 keeps a hybrid's SSM / recurrent state in, and why: the model dtype
+    (--mamba-ssm-cache-dtype auto; bf16 assumed) unless the model overrides it
+    (model_executor/models/config.py, layers/mamba/mamba_utils.py)."""
+    mixer, name = spec.recurrent, spec.architecture or ""
+    if name.startswith("NemotronH"):
+        return mixer.ssm_cache_dtype or "float32", (
+            "the config's mamba_ssm_cache_dtype" if mixer.ssm_cache_dtype else
+            "float32 for Nemotron-H when the config names no mamba_ssm_cache_dtype")
+    if name.startswith("Qwen3_5") and mixer.ssm_dtype:
+        return mixer.ssm_dtype, "the config's mamba_ssm_dtype"
+    if mixer.kind is RecurrentKind.KDA:
+        return "float32", "float32 for KDA (its layer passes no --mamba-ssm-cache-dtype)"
+    return "bfloat16", "the model dtype, bf16 assumed"
+
+
+def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int | None, tp: int):
     """vLLM 0.33's recurrent layers (platforms/interface.py, v1/kv_cache_interface.py ``MambaSpec``):
-    each holds per sequence one page of its conv state (conv_kernel - 1 inputs) and its state, in
-    the model dtype (bf16 assumed); the attention block size rises to the smallest multiple of the
-    alignment whose page holds that state, and the state page is padded to the attention page. With
-    prefix caching (its default) a request reserves 2 + checkpoint pages per recurrent group."""
+    each holds per sequence one page of its conv state (conv_kernel - 1 inputs, in the model dtype)
+    and its state (``vllm_state_dtype``), both split by heads across the ``tp`` ranks; the attention
+    block size rises to the smallest multiple of the alignment whose page on a rank holds that
+    state, and the state page is padded to the attention page. With prefix caching (its default) a
+    request reserves 2 + checkpoint pages per recurrent group. A layer holding attention and Mamba
+    side by side (Falcon-H1) is two layers to vLLM, one of each. The whole model's state is the
+    ranks' pages together."""
     name = spec.architecture
     if name not in VLLM_STATE:
         why = _VLLM_STATE_REFUSED.get(name or "", f"how it pages the state of {name or 'this architecture'} "
@@ -502,29 +535,97 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int 
         raise OptionError(f"--block-size {block_size}: vLLM sets a hybrid model's attention block size "
                           "itself (to hold the recurrent state's page)")
     align, checkpoint = VLLM_STATE[name]
+    if isinstance(spec.attention, MlaAttention):
+        align = max(align, 128)
     mixer = spec.recurrent
-    conv = (mixer.conv_kernel - 1) * mixer.conv_channels * 2
-    state = math.prod(f.size for f in state_factors(mixer)) * 2
-    full = next(g for g in whole if g.kind is LayerKind.FULL)
-    token = sum(r.bytes for r in full.rows if r.growth is not Growth.STATE)
+    dtype, why = vllm_state_dtype(spec)
+    channels = conv_channels_on_rank(mixer, tp) if tp > 1 else mixer.conv_channels
+    conv = (mixer.conv_kernel - 1) * channels * 2
+    state = math.prod(f.size for f in state_factors(mixer)) // tp * _DTYPE_BYTES[dtype]
+    attends = next(g for groups in stages for g in groups if g.kind in (LayerKind.FULL, LayerKind.HYBRID))
+    token = sum(r.bytes for r in attends.rows if r.growth is not Growth.STATE)
     block = max(16, 16 * ceil_div(align * ceil_div(conv + state, align * token), 16))
     page = block * token
-    row = Row(f"state page: conv ({mixer.conv_kernel - 1} × {mixer.conv_channels}) + state, bf16, padded to "
-              f"{page:,} B", (), page, Growth.STATE, 2 + checkpoint)
+    shown = f"state page: conv ({mixer.conv_kernel - 1} × {channels:,}) + state ({dtype}), padded"
 
-    def paged(groups):
-        return tuple(replace(g, rows=(row,)) if g.kind is LayerKind.RECURRENT else g for g in groups)
+    def paged(groups, ranks: int):
+        label = shown + (f", on each of {ranks} ranks" if ranks > 1 else "")
+        row = Row(label, (), page * ranks, Growth.STATE, 2 + checkpoint)
+        out = []
+        for g in groups:
+            if g.kind is LayerKind.HYBRID:
+                out += [replace(g, rows=tuple(r for r in g.rows if r.growth is not Growth.STATE)),
+                        Group(LayerKind.RECURRENT, g.layers, (row,))]
+            else:
+                out.append(replace(g, rows=(row,)) if g.kind is LayerKind.RECURRENT else g)
+        return tuple(out)
 
+    on_rank = f" on each of {tp} ranks" if tp > 1 else ""
     engine = replace(engine, page_tokens=block, rules=(
         f"pages of {block} tokens: each sequence rounded up to whole pages",
         *(r for r in engine.rules if not r.startswith("pages of")),
-        f"recurrent layers: a page of conv state ({mixer.conv_kernel - 1} inputs) and state, "
-        f"{conv + state:,} B in bf16 (the model dtype, assumed); the attention block size rises to {block} "
+        f"recurrent layers: a page of conv state ({mixer.conv_kernel - 1} inputs, bf16) and state "
+        f"({dtype}: {why}), {conv + state:,} B{on_rank}; the attention block size rises to {block} "
         f"tokens, a multiple of {align}, so that its page ({page:,} B) holds it, and the state page is "
-        "padded to it "
-        "(platforms/interface.py); a sequence holds one state page per layer, and admission reserves "
-        f"{2 + checkpoint} (v1/kv_cache_interface.py MambaSpec, prefix caching on)"))
-    return engine, paged(whole), tuple(paged(stage) for stage in stages)
+        "padded to it (platforms/interface.py); a sequence holds one state page per layer, and admission "
+        f"reserves {2 + checkpoint} (v1/kv_cache_interface.py MambaSpec, prefix caching on)"))
+    return engine, paged(whole, tp), tuple(paged(stage, 1) for stage in stages)
+
+
+SGLANG_STATE = {
+    "Qwen3NextForCausalLM": True, "Qwen3_5ForCausalLM": True, "Qwen3_5ForConditionalGeneration": True,
+    "Qwen3_5MoeForCausalLM": True, "Qwen3_5MoeForConditionalGeneration": True, "NemotronHForCausalLM": True,
+    "FalconH1ForCausalLM": True, "GraniteMoeHybridForCausalLM": False, "KimiLinearForCausalLM": False,
+}
+"""The hybrid architectures SGLang 0.5.23 serves with a MambaPool (srt/configs/hybrid_arch.py), and
+whether it reads the SSM-state dtype from the config (``mamba_ssm_dtype``; srt/configs/mamba_utils.py
+``mamba2_state_dtype``): Granite-4.0-H and Kimi-Linear pass no config, so keep float32."""
+_SGLANG_STATE_REFUSED = {
+    "JambaForCausalLM": "SGLang 0.5.23 has no Jamba model (srt/models)",
+    "MiniMaxText01ForCausalLM": "SGLang 0.5.23 has no MiniMax-Text-01 / M1 model (srt/models)",
+}
+
+
+def sglang_state_dtype(spec: ModelSpec) -> str:
+    """The dtype SGLang 0.5.23 keeps a hybrid's SSM / recurrent state in: float32 unless the config
+    it reads names ``mamba_ssm_dtype`` (the ``SGLANG_MAMBA_SSM_DTYPE`` environment variable and
+    ``--mamba-ssm-dtype`` override both)."""
+    reads = SGLANG_STATE.get(spec.architecture or "", False)
+    return (spec.recurrent.ssm_dtype if reads else None) or "float32"
+
+
+def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages):
+    """SGLang 0.5.23's MambaPool slot (srt/configs/mamba_utils.py): a recurrent layer keeps its conv
+    inputs' last conv_kernel - 1 (in bf16, ``SGLANG_MAMBA_CONV_DTYPE``) and its state
+    (``sglang_state_dtype``), heads split across the attention tp ranks as the plan splits them."""
+    name = spec.architecture
+    if name not in SGLANG_STATE:
+        unknown = f"how it holds the state of {name or 'this architecture'} is not modelled"
+        why = _SGLANG_STATE_REFUSED.get(name or "", unknown)
+        raise OptionError(f"--engine {engine.name}: {why} ({spec.recurrent.kind} state)")
+    dtype = sglang_state_dtype(spec)
+
+    def slot(row: Row) -> Row:
+        if row.growth is not Growth.STATE:
+            return row
+        values = math.prod(f.size for f in row.factors)
+        if row.name == "conv state":
+            channels, kernel = row.factors
+            width = Factor(kernel.size - 1, "conv_kernel - 1")
+            return replace(row, factors=(channels, width), bytes=channels.size * width.size * 2)
+        return replace(row, name=f"{row.name} ({dtype})", bytes=values * _DTYPE_BYTES[dtype])
+
+    def slots(groups):
+        return tuple(replace(g, rows=tuple(map(slot, g.rows))) for g in groups)
+
+    read = spec.recurrent.ssm_dtype is not None and dtype == spec.recurrent.ssm_dtype
+    source = "the config's mamba_ssm_dtype" if read else "SGLang's default"
+    engine = replace(engine, rules=(*engine.rules, (
+        f"recurrent layers: a slot per request in a pool of its own (MambaPool): the conv state's last "
+        f"conv_kernel - 1 inputs in bf16 (SGLANG_MAMBA_CONV_DTYPE) and the state in {dtype} ({source}; "
+        "--mamba-ssm-dtype overrides), heads split across the attention tp ranks "
+        "(srt/configs/mamba_utils.py)")))
+    return engine, slots(whole), tuple(slots(stage) for stage in stages)
 
 
 def _check_vllm_windows(spec: ModelSpec, par: Parallel) -> None:
@@ -544,8 +645,12 @@ def _hybrid_padding(spec: ModelSpec, mtp: int, par: Parallel, whole, stage_group
     52 sliding layers in 6 groups of 10). The padding, per kind, joins ``whole`` and each stage;
     with it come the groups' widths per stage (a model of one kind: one group of all its layers)."""
     kinds = [*spec.layer_kinds, *[LayerKind.FULL] * mtp]  # MTP layers: full, on the last stage
-    layers = {k: [i for i, kind in enumerate(kinds) if kind is k] for k in dict.fromkeys(kinds)
-              if k is not LayerKind.SHARED}
+    layers: dict[LayerKind, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        # a hybrid layer is an attention layer and a recurrent one to vLLM (``_vllm_state``)
+        for k in (kind, LayerKind.RECURRENT) if kind is LayerKind.HYBRID else (kind,):
+            if k is not LayerKind.SHARED and k not in NO_CACHE_KINDS:
+                layers.setdefault(k, []).append(i)
     fewest, most = min(map(len, layers.values())), max(map(len, layers.values()))
     size = most if most < fewest * 1.5 else fewest
     groups = {k: [idx[i::ceil_div(len(idx), size)] for i in range(ceil_div(len(idx), size))]

@@ -44,7 +44,7 @@ from kvcalc.analytic import Curve, Options, curve
 from kvcalc.catalog import resolve
 from kvcalc.engines import DEFAULT_BATCHED_TOKENS, SWA_FULL_TOKENS_RATIO, WindowRule, in_flight_batches
 from kvcalc.errors import KvcalcError, UnknownModelError
-from kvcalc.fit import pool_bytes_per_token, vllm_capacity
+from kvcalc.fit import MAMBA_SLOTS_PER_REQUEST, pool_bytes_per_token, vllm_capacity
 from kvcalc.load import read_bytes
 from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec
@@ -123,6 +123,8 @@ _VLLM_MEMORY = re.compile(r"Available KV cache memory: (?P<gib>-?[0-9.]+) GiB")
 _VLLM_CAPACITY = re.compile(r"(?P<pool>\S+) KV cache size: (?P<tokens>[0-9,]+) tokens, Maximum concurrency "
                             r"for (?P<len>[0-9,]+) tokens per request: (?P<x>[0-9.]+)x")
 _VLLM_BATCHED = re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(?P<n>[0-9]+)\.")
+_VLLM_HYBRID_BLOCK = re.compile(r"Setting attention block size to (?P<n>[0-9]+) tokens to ensure that "
+                                r"attention page size is >= mamba page size")
 
 
 def _check_vllm(path: Path, text: str, model: str | None, batched: int | None,
@@ -163,6 +165,12 @@ def _check_vllm(path: Path, text: str, model: str | None, batched: int | None,
         ("KV cache memory", f"{memory} GiB (the least any worker logs)"),
     )
     figures = _vllm_figures(c, memory, capacity, max_len, in_flight, path)
+    hybrid_block = _VLLM_HYBRID_BLOCK.search(text)
+    if hybrid_block is not None:
+        logged = int(hybrid_block["n"])
+        figures += (Figure("attention block size (hybrid)", f"{logged:,}", f"{c.engine.page_tokens:,}",
+                           _verdict(logged == c.engine.page_tokens),
+                           "platforms/interface.py _align_hybrid_block_size"),)
     if not version.startswith(VLLM_VERSION):
         settings += (("note", f"kvcalc follows vLLM {VLLM_VERSION}'s arithmetic; this log is v{version}"),)
     return Check("vllm", version, spec.name, logged_model, settings, figures)
@@ -213,6 +221,9 @@ _SGLANG_SWA = re.compile(r"Use sliding window memory pool\. full_layer_tokens=(?
 _SGLANG_SUMMARY = re.compile(r"max_total_num_tokens=(?P<total>[0-9]+), .*?"
                              r"max_running_requests=(?P<mrr>[0-9]+), context_len=(?P<context>[0-9]+)")
 
+_SGLANG_MAMBA = re.compile(r"Mamba Cache is allocated\. max_mamba_cache_size: (?P<slots>[0-9]+), "
+                           r"conv_state size: (?P<conv>[0-9.]+) ?GB, ssm_state size: (?P<ssm>[0-9.]+) ?GB")
+
 
 def _check_sglang(path: Path, text: str, model: str | None, block_size: int | None) -> Check:
     args = _search(re.compile(r"server_args=(?P<args>.*)"), text, path, "server_args={...}")["args"]
@@ -238,16 +249,33 @@ def _check_sglang(path: Path, text: str, model: str | None, block_size: int | No
         ("kv-cache dtype", kv_dtype), ("page", f"{page} token{'s' * (page > 1)}"),
         ("tp x pp", f"{tp} x {pp}"),
     )
-    figures = _sglang_figures(c, pools, swa, _SGLANG_SUMMARY.search(text), page, path)
+    mamba = _SGLANG_MAMBA.search(text)
+    if c.per_gpu_state_bytes and mamba is None:
+        raise LogError(f"{path}: {spec.name} keeps recurrent state, but there is no \"Mamba Cache is "
+                       "allocated. max_mamba_cache_size: ...\" line")
+    figures = _sglang_figures(c, pools, swa, _SGLANG_SUMMARY.search(text), page, path,
+                              mamba if c.per_gpu_state_bytes else None)
     return Check("sglang", None, spec.name, logged_model, settings, figures)
 
 
 def _sglang_figures(c: Curve, pools: dict[str, re.Match], swa: re.Match | None, summary: re.Match | None,
-                    page: int, path: Path) -> tuple[Figure, ...]:
+                    page: int, path: Path, mamba: re.Match | None) -> tuple[Figure, ...]:
     """Each pool's #tokens from the GiB it logs (which hold #tokens + one page), then the hybrid
-    pool's split and the summary line, from the full pool's tokens."""
+    pool's split, the state pool's size from its slots, and the summary line, from the full pool's
+    tokens (and the state slots)."""
     full = pools["Full"]
     figures = []
+    slots = None
+    if mamba is not None:
+        slots = int(mamba["slots"])
+        low = sum(_gib_range(mamba[k])[0] for k in ("conv", "ssm"))
+        high = sum(_gib_range(mamba[k])[1] for k in ("conv", "ssm"))
+        state = (slots + 1) * c.per_gpu_state_bytes
+        per_slot = c.per_gpu_state_bytes
+        figures.append(Figure(f"state pool: (max_mamba_cache_size + 1) x {per_slot:,} B a slot",
+                              f"{mamba['conv']} + {mamba['ssm']} GB", f"{state / GIB:.4f} GiB",
+                              _verdict(low <= state <= high),
+                              "srt/mem_cache/memory_pool.py MambaPool: one padding slot"))
     hybrid = "SWA" in pools
     if hybrid and swa is None:
         raise LogError(f"{path}: an SWA pool is allocated but there is no \"Use sliding window memory "
@@ -280,11 +308,14 @@ def _sglang_figures(c: Curve, pools: dict[str, re.Match], swa: re.Match | None, 
         figures.append(Figure("max_total_num_tokens", f"{total:,}", f"{tokens:,}", _verdict(total == tokens),
                               "managers/scheduler.py: the full pool's #tokens"))
         running = min(max(min(int(tokens / context * 512), 4096), 2048), tokens // 2)
+        rule = "min(max(min(int(tokens / context_len x 512), 4096), 2048), tokens // 2"
+        if slots is not None:
+            running = min(running, slots // MAMBA_SLOTS_PER_REQUEST)
+            rule += f", max_mamba_cache_size // {MAMBA_SLOTS_PER_REQUEST}"
         logged_running = int(summary["mrr"])
         figures.append(Figure("max_running_requests", f"{logged_running:,}", f"{running:,}",
                               _verdict(logged_running == running),
-                              "min(max(min(int(tokens / context_len x 512), 4096), 2048), tokens // 2) "
-                              "(mem_cache/kv_cache_configurator.py; unless --max-running-requests)"))
+                              f"{rule}) (mem_cache/kv_cache_configurator.py; unless --max-running-requests)"))
     return tuple(figures)
 
 

@@ -146,6 +146,9 @@ class Engine:
     needs_attention: bool = False
     """transformers 5.23 cannot run a cached forward without an attention layer (``Cache.get_seq_length``
     raises): a model whose every layer is recurrent is refused."""
+    state_slots: bool = False
+    """SGLang: a recurrent layer's state lives in a pool of per-request slots of its own (MambaPool),
+    sized before the KV pool (``analytic._sglang_state``, ``fit.sglang_pools``)."""
     block_pool: bool = False
     """vLLM: layers form KV-cache groups of equal size whose pages share one pool of block ids, and a
     request is admitted on the blocks it may reserve (``analytic.admission_cells``), not those it
@@ -337,6 +340,8 @@ def _sglang(variant: str, page: int) -> Engine:
         "(mem_cache/deepseek_v4_memory_pool.py, model_overrides/deepseek_v4.py): what one sequence holds "
         "there is no formula kvcalc can state exactly",
         kind_shapes=True,
+        recurrent=True,
+        state_slots=True,
         dsa_page=64,
         dsa_formats=("bf16", "fp8_ds_mla"),
         name=f"sglang@{variant}",

@@ -155,9 +155,15 @@ def _values_expr(parts: list[Part]) -> str:
     return exprs[0] if len(exprs) == 1 else "(" + " + ".join(exprs) + ")"
 
 
+_WIDTHS = {2: "bf16", 4: "fp32"}
+"""Bytes per value of the state an engine keeps in its own dtype, whatever the cache dtype."""
+
+
 def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
     if part.page is not None:
         return _page_text(part)
+    if not part.factors:  # a page sized by the engine (vLLM's recurrent state page): its rule says how
+        return f"{part.bytes_per_token_layer:,} B"
     if part.name == INDEXER_KEY and part.bytes_per_token_layer == indexer_fp8_bytes(part.values):
         scales = ceil_div(part.values, INDEXER_SCALE_GROUP)
         return (f"{part.values} fp8 values × 1 B + {scales} fp32 scale{'s' * (scales > 1)} × 4 B "
@@ -165,6 +171,10 @@ def _row_text(fmt: StorageFormat | PackedMlaFormat, part: Part) -> str:
     if part.bytes_per_token_layer == 4 * part.values and fmt.name != "fp32" and not _plain(fmt, part):
         return (f"{part.values:,} fp32 values × 4 B = {part.bytes_per_token_layer:,} B "
                 "(fp32 whatever the cache dtype)")
+    size, rest = divmod(part.bytes_per_token_layer, part.values or 1)
+    if not rest and size in _WIDTHS and not isinstance(fmt, PackedMlaFormat) and not _plain(fmt, part):
+        return (f"{part.values:,} {_WIDTHS[size]} values × {size} B = {part.bytes_per_token_layer:,} B "
+                f"({_WIDTHS[size]} whatever the cache dtype)")
     if isinstance(fmt, PackedMlaFormat):
         if part.name == "latent":
             scales = fmt.kv_lora_rank // fmt.scale_group

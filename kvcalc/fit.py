@@ -182,8 +182,13 @@ def fit(
     cap = spec.max_position_embeddings
     in_flight = in_flight_tokens(options)
     vllm = vllm_capacity(c, budget, options.seq_len, in_flight) if fits and c.block_bytes else None
-    pools = sglang_pools(c, budget) if fits and c.engine.name.startswith("sglang") else None
-    if pools is not None and pools.swa_tokens is not None:
+    pools = sglang_pools(c, budget, options.seq_len) if fits and c.engine.name.startswith("sglang") else None
+    if pools is not None and pools.state_slots is not None:
+        tokens = ceil_div(options.seq_len, page) * page
+        max_tokens = pools.full_tokens
+        concurrency = min(pools.full_tokens // tokens, pools.max_running) * par.dp_attention
+        context = pools.full_tokens if cap is None else min(pools.full_tokens, cap)
+    elif pools is not None and pools.swa_tokens is not None:
         tokens = ceil_div(options.seq_len, page) * page
         max_tokens = pools.full_tokens
         concurrency = pools.full_tokens // tokens * par.dp_attention
@@ -197,7 +202,7 @@ def fit(
         context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
     smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, weights_dtype, mem_util, reserve)
-    own_rules = vllm is not None or (pools is not None and pools.swa_tokens is not None)
+    own_rules = vllm is not None or (pools is not None and pools.own_rules)
     notes = _notes(spec, c, fits, smallest, weights, usable, reserve, given, own_rules)
     if vllm is not None:
         notes += _vllm_notes(spec, c, vllm, options)
@@ -270,18 +275,42 @@ def vllm_capacity(c: Curve, budget: int, max_model_len: int, in_flight: int) -> 
                         c.request_blocks(max_model_len, in_flight), max_model_len)
 
 
+MAMBA_FULL_MEMORY_RATIO = 0.9
+"""SGLang's --mamba-full-memory-ratio: the state pool gets ratio / (1 + ratio) of the KV budget."""
+MAMBA_SLOTS_PER_REQUEST = 5
+"""SGLang caps max_running_requests at its state slots // 5: 3 per request, and 2 tracking slots
+with the extra buffer its hybrid models take under the overlap scheduler (mem_cache/
+kv_cache_configurator.py ``_calculate_mamba_ratio``, mem_cache/allocation_sizing.py)."""
+
+
 @dataclass(frozen=True)
 class SglangPools:
     """SGLang 0.5.23's token pools for a KV budget (docs/facts/sglang-0.5.23-pools.md sections 1
-    and 3): the full pool's ``max_total_num_tokens``, and for a hybrid SWA model the SWA pool's."""
+    and 3): the full pool's ``max_total_num_tokens``, and for a hybrid SWA model the SWA pool's; for
+    a linear-attention or Mamba hybrid, the state slots sized first (docs/facts/
+    vllm-sglang-recurrent-state.md B.2)."""
 
     full_tokens: int
     swa_tokens: int | None
     """None: one pool for every layer."""
+    state_slots: int | None = None
+    """max_mamba_cache_size; None: no recurrent layers."""
+    state_bytes: int = 0
+    """What the state pool takes: (slots + 1) x a request's state."""
+    max_running: int | None = None
+    """max_running_requests for requests of the served context (with state: capped at slots // 5)."""
+
+    @property
+    def own_rules(self) -> bool:
+        """Whether concurrency and context follow the pools' rules rather than bytes held."""
+        return self.swa_tokens is not None or self.state_slots is not None
 
     @property
     def line(self) -> str:
         """What SGLang logs (managers/scheduler.py; model_executor/pool_configurator.py)."""
+        if self.state_slots is not None:
+            return (f"max_mamba_cache_size: {self.state_slots}, max_total_num_tokens={self.full_tokens}, "
+                    f"max_running_requests={self.max_running}")
         if self.swa_tokens is None:
             return f"max_total_num_tokens={self.full_tokens}"
         return (f"Use sliding window memory pool. full_layer_tokens={self.full_tokens}, "
@@ -297,15 +326,40 @@ class SglangPools:
                 "HybridSWAPoolConfigurator): concurrency and the longest context count the full pool; a new "
                 "request must also find its window plus a prefill chunk free in the SWA pool "
                 "(managers/schedule_policy.py PrefillAdder)")
+        if self.state_slots is not None:
+            ratio = MAMBA_FULL_MEMORY_RATIO
+            notes.append(
+                f"SGLang gives the recurrent state {ratio}/{1 + ratio} of the budget first "
+                f"(mamba_full_memory_ratio {ratio}): {self.state_slots:,} slots + 1 padding slot, "
+                f"{self.state_bytes:,} B; the KV pool "
+                "(attention layers only) gets the rest, and max_running_requests is capped at slots // "
+                f"{MAMBA_SLOTS_PER_REQUEST} (mem_cache/kv_cache_configurator.py _handle_max_mamba_cache, "
+                "resolve_max_num_reqs): concurrency is the least of that and the sequences whose tokens fit")
         return notes
 
 
-def sglang_pools(c: Curve, budget: int) -> SglangPools:
+def sglang_pools(c: Curve, budget: int, context_len: int) -> SglangPools:
     """SGLang's pools for ``budget`` bytes per GPU: tokens = budget // bytes per token, in whole
     pages; for a hybrid SWA model (its window rule ``POOL_SHARE``) the full pool's tokens from
     budget // (full bytes + 0.8 x sliding bytes per token), in SGLang's own float arithmetic, and the
-    SWA pool's as 0.8 of them. Pipeline stages keep the fewest (an all-reduce MIN)."""
+    SWA pool's as 0.8 of them; for a recurrent hybrid, the state slots first, in SGLang's GiB floats.
+    Pipeline stages keep the fewest (an all-reduce MIN)."""
     page = c.engine.page_tokens
+    per_request = c.per_gpu_state_bytes
+    if per_request:
+        rest = budget / GIB
+        pool = rest * MAMBA_FULL_MEMORY_RATIO / (1 + MAMBA_FULL_MEMORY_RATIO) * GIB
+        slots = int((pool - per_request) // per_request)
+        if slots <= 0:
+            raise OptionError(f"SGLang: a KV budget of {budget:,} B leaves no slot for a request's "
+                              f"{per_request:,} B of recurrent state (\"Not enough GPU memory for hybrid "
+                              "(mamba/linear-attention) state cache\")")
+        state = (slots + 1) * per_request
+        kv = int((rest - state / GIB) * GIB)
+        tokens = kv // c.per_gpu_bytes_per_token // page * page
+        running = min(max(min(int(tokens / context_len * 512), 4096), 2048), tokens // 2,
+                      slots // MAMBA_SLOTS_PER_REQUEST)
+        return SglangPools(tokens, None, slots, state, running)
     if c.engine.window_rule is not WindowRule.POOL_SHARE:
         return SglangPools(budget // c.per_gpu_bytes_per_token // page * page, None)
     full = []
@@ -340,8 +394,10 @@ def _vllm_notes(spec: ModelSpec, c: Curve, vllm: VllmCapacity, options: Options)
         rules.append(f"a sliding window the pages of window - 1 + {in_flight} tokens, plus one")
     if counts[LayerKind.CHUNKED]:
         rules.append(f"a chunk the pages of chunk + {in_flight} tokens")
-    if counts[LayerKind.RECURRENT]:
-        rules.append("a recurrent layer 2 state pages and its prefill checkpoint's")
+    if counts[LayerKind.RECURRENT] or counts[LayerKind.HYBRID]:
+        pages = next(p.span for p in c.parts(1, 1, per_gpu=True) if p.growth is Growth.STATE)
+        rules.append(f"a recurrent layer {pages} state pages" + (" (2, and its prefill checkpoint's)"
+                                                                 if pages > 2 else ""))
     notes.append(
         f"vLLM reserves {vllm.request_blocks:,} blocks of {vllm.block_bytes:,} B to admit a request of "
         f"{options.seq_len:,} tokens -- for {' and '.join(rules)} (v1/kv_cache_interface.py "
@@ -411,8 +467,6 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
     notes = []
     if not fits:
         more = f"; the smallest tp that fits is {smallest}" if smallest else "; no tp fits"
-        if not smallest and spec.recurrent is not None:
-            more += " that kvcalc models (tp > 1 is not modelled for recurrent state yet)"
         notes.append(
             f"the weights alone ({weights / GIB:.1f} GiB per GPU) leave no KV budget in "
             f"{usable / GIB:.1f} GiB usable minus {reserve / GIB:.1f} GiB reserve{more}"
@@ -430,7 +484,7 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
             "tokens that fit count every layer (the full-context rate); sliding layers hold at most "
             "their window, so concurrency and context are computed on the real cache"
         )
-    if c.per_gpu_state_bytes:
+    if c.per_gpu_state_bytes and not own_rules:
         notes.append(f"tokens that fit count K/V only; each sequence also holds {c.per_gpu_state_bytes:,} B "
                      "of recurrent state whatever its length, which concurrency and context count")
     if given is None:

@@ -34,6 +34,7 @@ from kvcalc.spec import (
     MAX_HEADS,
     MAX_LAYERS,
     MAX_TOKENS,
+    STATE_DTYPES,
     ModelSpec,
     RecurrentKind,
     RecurrentState,
@@ -266,9 +267,17 @@ def _recurrent(cfg: _Config, family: Family, windows: dict, hidden: int) -> dict
     if family.mixer is None or not kinds & {"recurrent", "hybrid"}:
         return None
     try:
-        return family.mixer(cfg.first_int, cfg.value, hidden)
+        mixer = family.mixer(cfg.first_int, cfg.value, hidden)
     except ValueError as e:
         raise SpecError(f"{cfg.origin}: {e}") from None
+    for key, name in (("mamba_ssm_dtype", "ssm_dtype"), ("mamba_ssm_cache_dtype", "ssm_cache_dtype")):
+        value = cfg.raw.get(key)
+        if value is not None and value not in STATE_DTYPES:
+            raise SpecError(f"{cfg.origin}: {key}: {value!r} is not one of "
+                            f"{', '.join(map(repr, STATE_DTYPES))}")
+        if value is not None:
+            mixer[name] = value
+    return mixer
 
 
 def _mla(cfg: _Config, heads: int, indexer: bool) -> dict:

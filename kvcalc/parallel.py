@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from kvcalc.errors import OptionError
-from kvcalc.spec import LayerKind, ModelSpec, StandardAttention
+from kvcalc.spec import LayerKind, ModelSpec, RecurrentKind, RecurrentState, StandardAttention
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,8 @@ class Parallel:
             raise OptionError(f"--pp {self.pp}: more stages than {spec.name}'s {blocks} layers")
         for attention in spec.attentions:
             self._check_heads(spec.name, attention)
-        if spec.recurrent is not None and self.tp > 1:
-            raise OptionError(f"--tp {self.tp}: how {spec.name}'s recurrent state splits across "
-                              "tensor-parallel ranks is not modelled yet")
+        if spec.recurrent is not None:
+            self._check_mixer(spec.name, spec.recurrent)
 
     def _check_heads(self, name: str, attention) -> None:
         heads, tp = attention.num_heads, self.attention_tp
@@ -71,6 +70,23 @@ class Parallel:
                     f"--tp {self.tp}: attention tp {tp} and {name}'s {kv} KV heads must "
                     "divide one another"
                 )
+
+    def _check_mixer(self, name: str, mixer: RecurrentState) -> None:
+        """The engines split a mixer's heads evenly across the attention tp ranks (vLLM's and
+        SGLang's mamba_utils ``divide``); Mamba2's groups split too, or are replicated to tp groups
+        when they divide tp."""
+        tp = self.attention_tp
+        heads, field = {
+            RecurrentKind.GATED_DELTANET: (mixer.num_k_heads, "key heads (num_k_heads)"),
+            RecurrentKind.MAMBA: (mixer.intermediate_size, "inner channels (intermediate_size)"),
+        }.get(mixer.kind, (mixer.num_heads, "heads (num_heads)"))
+        if heads % tp:
+            raise OptionError(f"--tp {self.tp}: attention tp {tp} does not divide {name}'s {heads} "
+                              f"{mixer.kind} {field}")
+        groups = mixer.n_groups
+        if mixer.kind is RecurrentKind.MAMBA2 and groups % tp and tp % groups:
+            raise OptionError(f"--tp {self.tp}: attention tp {tp} and {name}'s {groups} Mamba2 groups "
+                              "(n_groups) must divide one another")
 
     def _options(self):
         return [("--tp", self.tp), ("--pp", self.pp), ("--dcp", self.dcp),

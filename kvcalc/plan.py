@@ -68,6 +68,9 @@ class Split(StrEnum):
     """The first factor counts heads; each of tp ranks holds max(1, heads // tp) of them."""
     REPLICATED = "replicated"
     """Every rank holds all of it (the MLA latent, the DSA indexer key)."""
+    CONV = "split by the mixer's heads and groups"
+    """A recurrent mixer's conv inputs: each rank holds the channels of its heads
+    (``conv_channels_on_rank``)."""
 
 
 class Storage(StrEnum):
@@ -100,13 +103,26 @@ class PartPlan:
     span: int | None = None
     """W for a window, C for a chunk, R for compressed entries and compressor state; None when the
     part holds every token."""
+    mixer: RecurrentState | None = None
+    """The mixer whose conv inputs this part holds (``Split.CONV``)."""
 
     def on_rank(self, tp: int) -> tuple[Factor, ...]:
         """The factors one of ``tp`` ranks holds."""
         if self.split is Split.REPLICATED or tp == 1:
             return self.factors
-        heads, *rest = self.factors
-        return (Factor(max(1, heads.size // tp), heads.label), *rest)
+        first, *rest = self.factors
+        if self.split is Split.CONV:
+            return (Factor(conv_channels_on_rank(self.mixer, tp), f"({first.label}) / {tp}"), *rest)
+        return (Factor(max(1, first.size // tp), first.label), *rest)
+
+
+def conv_channels_on_rank(mixer: RecurrentState, tp: int) -> int:
+    """The conv channels one of ``tp`` ranks holds (vLLM's and SGLang's mamba_utils): the channels
+    of its heads; Mamba2's groups, when tp does not divide them, replicated to tp groups so that
+    every head's group is on its rank (``Parallel.check`` refuses the splits no engine makes)."""
+    if mixer.kind is RecurrentKind.MAMBA2 and mixer.n_groups % tp:
+        return (mixer.num_heads * mixer.head_dim + 2 * tp * mixer.d_state) // tp
+    return mixer.conv_channels // tp
 
 
 @dataclass(frozen=True)
@@ -148,13 +164,13 @@ def state_parts(mixer: RecurrentState) -> tuple[PartPlan, ...]:
     """What one recurrent layer holds per sequence, as transformers 5.23 holds it
     (``LinearAttentionLayer``; MiniMax's ``MiniMaxCache``): the last ``conv_kernel`` inputs of its
     short convolution in the cache dtype, and its recurrent state -- fp32 for gated DeltaNet, KDA
-    and Mamba (their kernels return it so), the cache dtype for lightning attention. Heads and
-    channels split across TP ranks."""
+    and Mamba (their kernels return it so), the cache dtype for lightning attention. Heads (Mamba:
+    its inner channels) and the conv channels that go with them split across TP ranks."""
     conv = ()
     if mixer.conv_channels is not None:
         conv = (PartPlan("conv state", (Factor(mixer.conv_channels, _CONV_LABEL[mixer.kind]),
                                         Factor(mixer.conv_kernel, "conv_kernel")),
-                         Split.HEADS, growth=Growth.STATE),)
+                         Split.CONV, growth=Growth.STATE, mixer=mixer),)
     factors = state_factors(mixer)
     storage = Storage.CACHE if mixer.kind is RecurrentKind.LIGHTNING else Storage.FP32
     name = "SSM state" if mixer.kind in (RecurrentKind.MAMBA, RecurrentKind.MAMBA2) else "recurrent state"

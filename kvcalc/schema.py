@@ -58,7 +58,12 @@ class CompressedAttentionFile(_Frozen):
     hca_rate: _size("hca_rate") = 128
 
 
-class _RecurrentFile(_Frozen):
+class _StateDtypes(_Frozen):
+    ssm_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    ssm_cache_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+
+class _RecurrentFile(_StateDtypes):
     conv_kernel: Annotated[int, Field(strict=True, ge=1, le=MAX_DIM)]
 
 
@@ -80,7 +85,7 @@ class KdaFile(_RecurrentFile):
     head_dim: _dim()
 
 
-class LightningFile(_Frozen):
+class LightningFile(_StateDtypes):
     kind: Literal["lightning"]
     num_heads: _dim()
     head_dim: _dim()

@@ -241,6 +241,9 @@ _RECURRENT_FIELDS: dict[RecurrentKind, tuple[str, ...]] = {
 }
 """The fields each kind of mixer takes, all required."""
 
+STATE_DTYPES = ("float32", "bfloat16", "float16")
+"""The SSM-state dtypes a config may name for serving engines (vLLM's and SGLang's choices)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RecurrentState:
@@ -260,8 +263,17 @@ class RecurrentState:
     n_groups: int | None = None
     intermediate_size: int | None = None
     conv_kernel: int | None = None
+    ssm_dtype: str | None = None
+    """The config's ``mamba_ssm_dtype``: the state dtype SGLang keeps (Qwen3-Next, Qwen3.5, Nemotron-H,
+    Falcon-H1) and vLLM keeps for Qwen3.5. transformers ignores it."""
+    ssm_cache_dtype: str | None = None
+    """The config's ``mamba_ssm_cache_dtype``: the state dtype vLLM keeps for Nemotron-H."""
 
     def __post_init__(self) -> None:
+        for name in ("ssm_dtype", "ssm_cache_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in STATE_DTYPES:
+                raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, STATE_DTYPES))}")
         try:
             kind = RecurrentKind(self.kind)
         except ValueError:
@@ -302,7 +314,9 @@ class RecurrentState:
         return _RECURRENT_VARIANT[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": str(self.kind), **{k: getattr(self, k) for k in _RECURRENT_FIELDS[self.kind]}}
+        dtypes = {k: getattr(self, k) for k in ("ssm_dtype", "ssm_cache_dtype") if getattr(self, k)}
+        shape = {k: getattr(self, k) for k in _RECURRENT_FIELDS[self.kind]}
+        return {"kind": str(self.kind), **shape, **dtypes}
 
 
 _RECURRENT_VARIANT = {RecurrentKind.GATED_DELTANET: "GDN", RecurrentKind.KDA: "KDA",

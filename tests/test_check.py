@@ -133,3 +133,38 @@ def test_check_reads_a_pipe(cli, monkeypatch):
     status, out, _ = cli("check", f"/dev/fd/{read}")
     os.close(read)
     assert status == 0 and "every figure agrees" in out
+
+
+def qwen3_next_config(tmp_path) -> str:
+    from tests.test_recurrent import QWEN3_NEXT_80B
+
+    path = tmp_path / "qwen3-next.json"
+    path.write_text(json.dumps(QWEN3_NEXT_80B))
+    return str(path)
+
+
+def test_vllm_hybrid_log_agrees_on_the_aligned_block_and_state_pages(tmp_path):
+    """40.0 GiB in blocks of 14,155,776 B (576 tokens x 12 layers' pages): 3,034; a 262,144-token
+    request reserves 456 + 9: 6.52x (docs/facts/vllm-sglang-recurrent-state.md A.3)."""
+    check = check_log(LOGS / "vllm-qwen3-next-80b.log", model=qwen3_next_config(tmp_path))
+    assert check.agrees
+    assert figures(check)["attention block size (hybrid)"] == ("576", "576", "agree")
+    assert figures(check)["Maximum concurrency"] == ("6.52x", "6.52x .. 6.52x", "agree")
+
+
+def test_sglang_hybrid_log_agrees_on_state_slots_and_their_cap(tmp_path):
+    """262 slots + 1 of 77,266,944 B hold 0.43 + 18.49 GB; max_running_requests 52 = 262 // 5, not
+    the 2,048 floor a model without state would get."""
+    model = qwen3_next_config(tmp_path)
+    check = check_log(LOGS / "sglang-qwen3-next-80b.log", model=model)
+    assert check.agrees
+    assert figures(check)["max_running_requests"] == ("52", "52", "agree")
+    uncapped = tmp_path / "uncapped.log"
+    uncapped.write_text((LOGS / "sglang-qwen3-next-80b.log").read_text().replace("max_running_requests=52",
+                                                                                 "max_running_requests=2048"))
+    assert figures(check_log(uncapped, model=model))["max_running_requests"] == ("2,048", "52", "disagree")
+    stateless = tmp_path / "stateless.log"
+    stateless.write_text("\n".join(line for line in (LOGS / "sglang-qwen3-next-80b.log").read_text().splitlines()
+                                   if "Mamba Cache" not in line))
+    with pytest.raises(LogError, match="keeps recurrent state, but there is no \"Mamba Cache is allocated"):
+        check_log(stateless, model=model)

@@ -9,6 +9,7 @@ from transformers import AutoConfig  # the test extra pins transformers==5.23.0
 from kvcalc.analytic import Options, footprint
 from kvcalc.catalog import load_spec_file
 from kvcalc.errors import OptionError, SpecError
+from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec, RecurrentState
 
 TINY = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 4,
@@ -174,7 +175,7 @@ def test_mamba_state_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize(("engine", "message"), [
-    ("sglang", "sglang@default: how it holds the recurrent state"),
+    ("sglang", "sglang@default: how it holds the state of this architecture is not modelled"),
     ("llama.cpp", "llama.cpp@2026: how it holds the recurrent state"),
     ("transformers@5.14", "transformers@5.14: how it holds the recurrent state"),
 ])
@@ -194,20 +195,42 @@ def test_transformers_refuses_what_it_cannot_run(tmp_path, fields, message):
         footprint(spec, Options(10, engine="transformers"))
 
 
-def test_tp_and_measure_refuse_state(cli, tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(QWEN3_NEXT))
-    status, _, err = cli("compare", str(path), "--tp", "2")
-    assert status == 2 and "recurrent state splits across tensor-parallel ranks is not modelled yet" in err
-    kimi = tmp_path / "kimi.json"
-    kimi.write_text(json.dumps({"model_type": "kimi_linear", **TINY, **KIMI, "num_hidden_layers": 5}))
-    status, _, err = cli("measure", str(kimi), "--seq", "16")
-    assert status == 2 and "kvcalc has no kda layer to measure yet (it builds gated_deltanet and mamba2)" in err
-    falcon = tmp_path / "falcon.json"
-    falcon.write_text(json.dumps({"model_type": "falcon_h1", **TINY, "num_hidden_layers": 2, **MAMBA2,
-                                  "mamba_d_ssm": 128}))
-    status, _, err = cli("measure", str(falcon), "--seq", "16")
-    assert status == 2 and "attention and a mixer side by side (hybrid)" in err
+def test_tp_splits_the_state_by_heads(tmp_path):
+    """Qwen3-Next-80B at tp 4, 32k tokens, bf16: 12 full layers keep one KV head each of 2 (replicated:
+    1,024 B a token); each of 36 GDN layers keeps conv 4 x 8,192 / 4 bf16 and state 32 / 4 x 128 x 128
+    fp32 on a rank."""
+    spec = read(QWEN3_NEXT_80B, tmp_path)
+    fp = footprint(spec, Options(32_768, parallel=Parallel(tp=4)))
+    assert fp.state_bytes_per_sequence == 36 * (4 * 8192 * 2 + 32 * 128 * 128 * 4)  # the whole model's
+    assert fp.per_gpu_bytes == 32_768 * 12 * 1024 + 36 * (4 * 2048 * 2 + 8 * 128 * 128 * 4)
+
+
+def test_tp_splits_mamba2_groups_or_replicates_them(tmp_path):
+    """Mamba2 with one group at tp 2: the group is replicated (vLLM's extra_groups_for_head_shards),
+    so a rank's conv holds 8 x 16 / 2 + 2 x 2 x 16 / 2 channels, not half of 8 x 16 + 2 x 16."""
+    config = {"model_type": "falcon_h1", **TINY, "num_hidden_layers": 2, **MAMBA2, "mamba_n_groups": 1,
+              "mamba_d_ssm": 128}
+    spec = read(config, tmp_path)
+    conv = next(p for p in footprint(spec, Options(1, parallel=Parallel(tp=2))).gpu_parts if p.name == "conv state")
+    assert conv.factors[0].size == (8 * 16 + 2 * 2 * 16) // 2
+    with pytest.raises(OptionError, match="attention tp 2 and .*'s 3 Mamba2 groups"):
+        footprint(read({**config, "mamba_n_heads": 6, "mamba_d_head": 16, "mamba_d_ssm": 96, "mamba_n_groups": 3},
+                       tmp_path), Options(1, parallel=Parallel(tp=2)))
+    with pytest.raises(OptionError, match="attention tp 4 does not divide .*'s 2 gated_deltanet key heads"):
+        footprint(read({"model_type": "qwen3_next", **TINY, **GDN, "num_hidden_layers": 4}, tmp_path),
+                  Options(1, parallel=Parallel(tp=4)))
+
+
+def test_vllm_pages_the_state_of_a_rank_under_tp(tmp_path):
+    """docs/facts/vllm-sglang-recurrent-state.md A.3, Qwen3-Next at tp 4: a rank's state page is
+    274,432 B, its attention 1,024 B a token: 64 x cdiv(274,432, 65,536) = 320-token blocks of 12 x
+    327,680 B; a request of 262,144 tokens reserves 820 + 9 of them."""
+    from kvcalc.analytic import curve
+
+    options = Options(262_144, engine="vllm", parallel=Parallel(tp=4))
+    c = curve(read(QWEN3_NEXT_80B, tmp_path), options)
+    assert (c.engine.page_tokens, c.block_bytes) == (320, (3_932_160,))
+    assert c.request_blocks(262_144, 16_384) == 829
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -250,8 +273,9 @@ def test_spec_files_round_trip_and_schema_matches_the_mixers():
 
     for model in RecurrentFile.__origin__.__args__:
         kind = model.model_fields["kind"].annotation.__args__[0]
-        assert set(model.model_fields) - {"kind"} == set(_RECURRENT_FIELDS[kind])
-    mixer = RecurrentState(kind="mamba", intermediate_size=256, d_state=16, conv_kernel=4)
+        dtypes = {"ssm_dtype", "ssm_cache_dtype"}
+        assert set(model.model_fields) - {"kind"} == {*_RECURRENT_FIELDS[kind], *dtypes}
+    mixer = RecurrentState(kind="mamba", intermediate_size=256, d_state=16, conv_kernel=4, ssm_dtype="float32")
     spec = ModelSpec(name="m", display_name="M", num_layers=4, hidden_size=64, recurrent=mixer,
                      attention=footprint.__globals__["StandardAttention"](num_heads=4, num_kv_heads=2, head_dim=16),
                      layer_pattern=("recurrent", "full"))
@@ -345,11 +369,54 @@ def test_vllm_pages_jamba_state_in_blocks_of_80(tmp_path):
     assert c.request_blocks(8_000, 16_384) == 100 + 7 * 2
 
 
-@pytest.mark.parametrize(("config", "message"), [
+# (config, attention block, block bytes, blocks reserved for 8,000 tokens), worked by hand from
+# docs/facts/vllm-sglang-recurrent-state.md sections A.1 and A.3:
+VLLM_PAGED = [
+    # Nemotron-H's defaults: Mamba2 conv 3 x (128 x 64 + 2 x 8 x 128) bf16 = 61,440 B, state 128 x 64 x 128
+    # in float32 (vLLM's default for Nemotron-H) = 4,194,304 B; attention 8 x 256 x 2 = 4,096 B a token:
+    # 16 x cdiv(4,255,744, 16 x 4,096) = 1,040 tokens; [M, MLP, *, MLP]: one layer a group (the MLP
+    # blocks cache nothing); cdiv(8,000, 1,040) + (2 + 1).
     ({"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 4096,
-      "num_attention_heads": 32, "num_hidden_layers": 4}, "mamba_ssm_cache_dtype"),
+      "num_attention_heads": 32, "num_hidden_layers": 4}, 1040, 1040 * 4096, 8 + 3),
+    # the config's mamba_ssm_cache_dtype bfloat16 halves the state: 2,158,592 B -> 33 x 16 tokens
+    ({"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 4096,
+      "num_attention_heads": 32, "num_hidden_layers": 4, "mamba_ssm_cache_dtype": "bfloat16"}, 528, 528 * 4096,
+     16 + 3),
+    # Falcon-H1: each layer an attention layer and a Mamba2 one to vLLM; conv 3 x (1,024 + 2 x 256) bf16 =
+    # 9,216 B, state 128 x 8 x 256 bf16 = 524,288 B; 16 x cdiv(533,504, 65,536) = 144 tokens; 4 attention
+    # and 4 Mamba layers: 2 groups of 4.
     ({"model_type": "falcon_h1", "architectures": ["FalconH1ForCausalLM"], "hidden_size": 1024,
-      "num_attention_heads": 8, "num_hidden_layers": 4}, "attention and Mamba2 side by side"),
+      "num_attention_heads": 8, "num_hidden_layers": 4}, 144, 4 * 144 * 4096, 56 + 3),
+    # Qwen3.5 with the config's mamba_ssm_dtype float32: conv 49,152 B + state 32 x 128 x 128 x 4 B;
+    # attention 4 x 512 x 2 = 4,096 B a token: 64 x cdiv(2,146,304, 64 x 4,096) = 576; 2 full and 6 GDN
+    # layers: 4 groups of 2; cdiv(8,000, 576) + 3 x (2 + 1).
+    ({"model_type": "qwen3_5_text", "architectures": ["Qwen3_5ForCausalLM"], "num_hidden_layers": 8,
+      "hidden_size": 2048, "num_attention_heads": 16, "mamba_ssm_dtype": "float32"}, 576, 2 * 576 * 4096,
+     14 + 9),
+    # Kimi-Linear: KDA conv 3 x 3 x 32 x 128 bf16 = 73,728 B, state 32 x 128 x 128 float32 (its layer's
+    # own) = 2,097,152 B; MLA (512 + 64) x 2 = 1,152 B a token, aligned to 128: 128 x cdiv(2,170,880,
+    # 147,456) = 1,920 tokens; 2 MLA and 6 KDA layers in 4 groups of 2; no checkpoint: 2 pages a group.
+    ({"model_type": "kimi_linear", "architectures": ["KimiLinearForCausalLM"], "num_hidden_layers": 8,
+      "hidden_size": 2304, "num_attention_heads": 32, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+      "linear_attn_config": {"num_heads": 32, "head_dim": 128, "short_conv_kernel_size": 4,
+                             "full_attn_layers": [4, 8], "kda_layers": [1, 2, 3, 5, 6, 7]}},
+     1920, 2 * 1920 * 1152, 5 + 6),
+]
+
+
+@pytest.mark.parametrize(("config", "block", "block_bytes", "reserved"), VLLM_PAGED)
+def test_vllm_pages_each_hybrid_state_as_it_aligns_it(tmp_path, config, block, block_bytes, reserved):
+    from kvcalc.analytic import curve
+
+    spec = read(config, tmp_path)
+    c = curve(spec, Options(1, engine="vllm"))
+    assert (c.engine.page_tokens, c.block_bytes) == (block, (block_bytes,))
+    assert c.request_blocks(8_000, 16_384) == reserved
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "minimax", "architectures": ["MiniMaxText01ForCausalLM"], "hidden_size": 1024,
+      "num_attention_heads": 8, "num_hidden_layers": 4, "head_dim": 128}, "vLLM dropped MiniMax-Text-01"),
     ({**QWEN3_NEXT, "architectures": None}, "how it pages the state of this architecture is not modelled"),
 ])
 def test_vllm_refuses_state_it_does_not_page(tmp_path, config, message):
@@ -357,3 +424,61 @@ def test_vllm_refuses_state_it_does_not_page(tmp_path, config, message):
         footprint(read({k: v for k, v in config.items() if v is not None}, tmp_path), Options(10, engine="vllm"))
     with pytest.raises(OptionError, match="vLLM sets a hybrid model's attention block size itself"):
         footprint(read(QWEN3_NEXT_80B, tmp_path), Options(10, engine="vllm", block_size=64))
+
+
+def test_sglang_keeps_each_request_state_in_a_slot(tmp_path):
+    """docs/facts/vllm-sglang-recurrent-state.md B.1 and B.4: Qwen3-Next's slot in SGLang holds, per
+    GDN layer, conv 8,192 / tp x 3 in bf16 and state 32 / tp x 128 x 128 in float32 -- 77,266,944 B
+    at tp 1, 19,316,736 B at tp 4 -- beside 12 full layers' K and V per token."""
+    from kvcalc.analytic import curve
+    from kvcalc.fit import sglang_pools
+
+    spec = read(QWEN3_NEXT_80B, tmp_path)
+    assert footprint(spec, Options(1, engine="sglang")).state_bytes_per_sequence == 77_266_944
+    quarter = footprint(spec, Options(32_768, engine="sglang", parallel=Parallel(tp=4)))
+    assert quarter.per_gpu_bytes == 32_768 * 12 * 1024 + 19_316_736
+    # B.4's illustration, a rest_memory of 40 GiB: 0.9 / 1.9 of it to state slots, the rest to KV
+    for tp, slots, tokens, running in ((1, 262, 920_754, 52), (4, 1_052, 1_839_937, 210)):
+        c = curve(spec, Options(262_144, engine="sglang", parallel=Parallel(tp=tp)))
+        pools = sglang_pools(c, 40 << 30, 262_144)
+        assert (pools.state_slots, pools.full_tokens, pools.max_running) == (slots, tokens, running)
+        assert pools.line == (f"max_mamba_cache_size: {slots}, max_total_num_tokens={tokens}, "
+                              f"max_running_requests={running}")
+
+
+@pytest.mark.parametrize(("config", "state"), [
+    # Nemotron-H: SGLang reads the config's mamba_ssm_dtype (not vLLM's mamba_ssm_cache_dtype)
+    ({"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 4096,
+      "num_attention_heads": 32, "num_hidden_layers": 4, "mamba_ssm_dtype": "bfloat16",
+      "mamba_ssm_cache_dtype": "float32"}, (128 * 64 + 2 * 8 * 128) * 3 * 2 + 128 * 64 * 128 * 2),
+    # Granite-4.0-H: SGLang passes no config, so float32 whatever it says
+    ({"model_type": "granitemoehybrid", "architectures": ["GraniteMoeHybridForCausalLM"], "hidden_size": 1024,
+      "num_attention_heads": 8, "num_hidden_layers": 2, "layer_types": ["mamba", "attention"],
+      "mamba_ssm_dtype": "bfloat16", "mamba_n_heads": 32, "mamba_d_head": 64, "mamba_n_groups": 1,
+      "mamba_d_state": 128, "mamba_d_conv": 4, "mamba_expand": 2}, (2048 + 2 * 128) * 3 * 2 + 32 * 64 * 128 * 4),
+])
+def test_sglang_state_dtype_follows_the_config_where_it_reads_it(tmp_path, config, state):
+    assert footprint(read(config, tmp_path), Options(1, engine="sglang")).state_bytes_per_sequence == state
+
+
+def test_sglang_fit_sizes_state_slots_before_the_kv_pool(tmp_path, cli):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN3_NEXT_80B))
+    status, out, _ = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--engine",
+                         "sglang", "--mem-fraction-static", "0.903", "--format", "json")
+    (row,) = json.loads(out)
+    budget = row["kv_budget_bytes_per_gpu"]
+    slots = int((budget / 2**30 * 0.9 / 1.9 * 2**30 - 77_266_944) // 77_266_944)
+    tokens = int((budget / 2**30 - (slots + 1) * 77_266_944 / 2**30) * 2**30) // 24_576
+    assert status == 0 and row["max_tokens"] == tokens
+    assert row["max_concurrency"] == min(tokens // 32_768, slots // 5)
+    assert row["engine_log"].startswith(f"max_mamba_cache_size: {slots}, max_total_num_tokens={tokens}")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "jamba", "architectures": ["JambaForCausalLM"], "num_hidden_layers": 8, "hidden_size": 256,
+      "num_attention_heads": 8}, "SGLang 0.5.23 has no Jamba model"),
+])
+def test_sglang_refuses_hybrids_it_does_not_serve(tmp_path, config, message):
+    with pytest.raises(OptionError, match=message):
+        footprint(read(config, tmp_path), Options(1, engine="sglang"))
