@@ -455,6 +455,10 @@ def _prepared(spec: ModelSpec, options: Options):
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     blocks = None
+    if mtp and spec.recurrent is not None and (engine.state_slots or engine.block_pool):
+        raise OptionError(f"--mtp: {engine.name} decodes MTP drafts with extra state per recurrent layer "
+                          "(num_speculative_tokens more conv inputs and state blocks in vLLM, intermediate "
+                          "state in SGLang): not modelled")
     if engine.state_slots and spec.recurrent is not None:
         engine, whole, stage_groups = _sglang_state(spec, engine, whole, stage_groups)
     if engine.block_pool and spec.recurrent is not None:

@@ -129,8 +129,9 @@ def kimi_linear(get: Get, layers: int) -> tuple[str, ...]:
     given = get("linear_attn_config")
     if isinstance(given, dict) and "full_attn_layers" in given and "kda_layers" in given:
         full, kda = given["full_attn_layers"], given["kda_layers"]
-        listed = [n for n in (*full, *kda)] if isinstance(full, list) and isinstance(kda, list) else None
-        if listed is None or sorted(listed, key=repr) != list(range(1, layers + 1)):
+        listed = [*full, *kda] if isinstance(full, list) and isinstance(kda, list) else None
+        whole = listed is not None and all(type(n) is int for n in listed)
+        if not whole or sorted(listed) != list(range(1, layers + 1)):
             raise ValueError(f"linear_attn_config: full_attn_layers {_short(full)} and kda_layers "
                              f"{_short(kda)} must list the layers 1 to {layers} once between them")
         return tuple("full" if i + 1 in full else "recurrent" for i in range(layers))

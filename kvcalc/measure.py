@@ -1,12 +1,13 @@
-"""Measure real attention layers: the bytes their caches hold beside the analytic figure, and speed.
+"""Measure real layers: the bytes their caches hold beside the analytic figure, and speed.
 
-For each model, ``layers`` real layers of each kind it has (full, sliding) are built with the
-model's true dimensions on the device, their caches allocated for ``seq_len`` tokens, a prefill run
-on ``seq_len - decode_steps`` tokens and ``decode_steps`` single-token decode steps after it, so the
-caches end holding exactly ``seq_len`` tokens. Measured bytes are the cache buffers' numel x
-element_size (weights, activations and position counters excluded); they must equal the analytic
-bytes of the same layers. On CUDA the allocator's view is reported beside them (KV-CACHE-FACTS
-section 7). Decode bandwidth = cache bytes read per step (the whole cache) / step time.
+For each model, ``layers`` real layers of each kind it has (full, sliding, recurrent, hybrid ...)
+are built with the model's true dimensions on the device, their caches allocated for ``seq_len``
+tokens, a prefill run on ``seq_len - decode_steps`` tokens and ``decode_steps`` single-token decode
+steps after it, so the caches end holding exactly ``seq_len`` tokens (a recurrent mixer's state is
+the same size at any length). Measured bytes are the cache buffers' numel x element_size (weights,
+activations and position counters excluded); they must equal the analytic bytes of the same layers.
+On CUDA the allocator's view is reported beside them (KV-CACHE-FACTS section 7). Decode bandwidth =
+cache bytes read per step (the whole cache) / step time.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ from kvcalc.nn.attention import Attention  # noqa: E402
 from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
-from kvcalc.nn.recurrent import GatedDeltaNet, Mamba2  # noqa: E402
+from kvcalc.nn.recurrent import (  # noqa: E402
+    GatedDeltaNet,
+    Hybrid,
+    KimiDeltaAttention,
+    LightningAttention,
+    Mamba,
+    Mamba2,
+)
 
 WHOLE = Shard()
 """One process holding the whole layer."""
 
-MEASURED_MIXERS = (RecurrentKind.GATED_DELTANET, RecurrentKind.MAMBA2)
-"""The recurrent mixers ``nn/recurrent.py`` builds."""
+MEASURED_MIXERS = (RecurrentKind.GATED_DELTANET, RecurrentKind.KDA, RecurrentKind.LIGHTNING,
+                   RecurrentKind.MAMBA2, RecurrentKind.MAMBA)
+"""The recurrent mixers ``nn/recurrent.py`` builds: every kind kvcalc models."""
 CACHE_DTYPES = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -124,11 +133,11 @@ def check_options(options: MeasureOptions, spec: ModelSpec | None = None) -> Non
     if spec is not None and spec.recurrent is not None:
         if spec.recurrent.kind not in MEASURED_MIXERS:
             raise OptionError(f"{spec.name}: kvcalc has no {spec.recurrent.kind} layer to measure yet (it "
-                              f"builds {' and '.join(MEASURED_MIXERS)}); show and compare give its exact "
+                              f"builds {', '.join(MEASURED_MIXERS)}); show and compare give its exact "
                               "figures")
-        if spec.layer_counts[LayerKind.HYBRID]:
-            raise OptionError(f"{spec.name}: kvcalc does not build a layer with attention and a mixer side "
-                              "by side (hybrid) to measure yet; show and compare give its exact figures")
+        if options.tp > 1:
+            raise OptionError(f"--tp {options.tp}: kvcalc's recurrent layers ({spec.recurrent.kind}) are not "
+                              "sharded for tensor parallelism; measure them with --tp 1")
     if spec is not None and isinstance(spec.attention, CompressedAttention) and options.tp > 1:
         raise OptionError(f"--tp {options.tp}: kvcalc's DeepSeek-V4 layer is not sharded for tensor "
                           "parallelism (every rank would hold the same cache: one K = V head)")
@@ -241,31 +250,13 @@ def make_layer(
     """The full layer, weights made without a slow init: built on the meta device (no memory, no
     init), moved to ``device`` uninitialised, then filled in one cheap pass -- uniform(±1/sqrt(fan_in))
     for projections, ones for norms; from ``seed`` when given (on the CPU), so ranks agree."""
-    attn = spec.attention_for(kind)
-    mixer = spec.recurrent
     with torch.device("meta"):
-        if kind is LayerKind.RECURRENT and mixer.kind is RecurrentKind.GATED_DELTANET:
-            layer = GatedDeltaNet(spec.hidden_size, mixer.num_k_heads, mixer.num_v_heads, mixer.head_k_dim,
-                                  mixer.head_v_dim, mixer.conv_kernel, dtype=dtype)
-        elif kind is LayerKind.RECURRENT:
-            layer = Mamba2(spec.hidden_size, mixer.num_heads, mixer.head_dim, mixer.d_state, mixer.n_groups,
-                           mixer.conv_kernel, dtype=dtype)
-        elif isinstance(attn, CompressedAttention):
-            csa = kind is LayerKind.COMPRESSED_SPARSE
-            layer = CompressedAttentionLayer(
-                spec.hidden_size, attn.num_heads, attn.head_dim, attn.qk_rope_head_dim // 2 * 2,
-                attn.q_lora_rank, spec.sliding_window, attn.rate(kind), index_head_dim=attn.index_head_dim,
-                index_n_heads=attn.index_n_heads if csa else None, dtype=dtype)
-        elif isinstance(attn, MlaAttention):
-            layer = MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
-                        attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
-                        layout=str(layout), index_n_heads=attn.index_n_heads,
-                        index_head_dim=attn.index_head_dim, dtype=dtype)
+        if kind is LayerKind.RECURRENT:
+            layer = make_mixer(spec, dtype)
+        elif kind is LayerKind.HYBRID:  # Falcon-H1: full attention and the mixer side by side
+            layer = Hybrid(_attention(spec, kind, layout, dtype), make_mixer(spec, dtype))
         else:
-            window = spec.sliding_window if kind is LayerKind.SLIDING else None
-            chunk = spec.attention_chunk_size if kind is LayerKind.CHUNKED else None
-            layer = Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                              attn.v_head_dim, window=window, chunk=chunk, dtype=dtype)
+            layer = _attention(spec, kind, layout, dtype)
     layer = layer.to_empty(device=device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -276,6 +267,49 @@ def make_layer(
                 bound = param.shape[1] ** -0.5
                 param.uniform_(-bound, bound, generator=generator)
     return layer.eval()
+
+
+def _attention(spec: ModelSpec, kind: LayerKind, layout: Layout, dtype) -> nn.Module:
+    """The attention of a layer of ``kind`` (a hybrid layer's is full attention)."""
+    attn = spec.attention_for(kind)
+    if isinstance(attn, CompressedAttention):
+        csa = kind is LayerKind.COMPRESSED_SPARSE
+        return CompressedAttentionLayer(
+            spec.hidden_size, attn.num_heads, attn.head_dim, attn.qk_rope_head_dim // 2 * 2,
+            attn.q_lora_rank, spec.sliding_window, attn.rate(kind), index_head_dim=attn.index_head_dim,
+            index_n_heads=attn.index_n_heads if csa else None, dtype=dtype)
+    if isinstance(attn, MlaAttention):
+        return MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
+                   attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
+                   layout=str(layout), index_n_heads=attn.index_n_heads,
+                   index_head_dim=attn.index_head_dim, dtype=dtype)
+    window = spec.sliding_window if kind is LayerKind.SLIDING else None
+    chunk = spec.attention_chunk_size if kind is LayerKind.CHUNKED else None
+    return Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                     attn.v_head_dim, window=window, chunk=chunk, dtype=dtype)
+
+
+def make_mixer(spec: ModelSpec, dtype) -> nn.Module:
+    """The recurrent mixer of ``spec`` (``spec.recurrent``) with its dimensions. Mamba's dt rank is
+    Jamba's "auto", ceil(hidden_size / 16) (the spec does not carry it: it shapes no cache);
+    lightning's decay slopes are those of the model's first layer."""
+    mixer, hidden = spec.recurrent, spec.hidden_size
+    match mixer.kind:
+        case RecurrentKind.GATED_DELTANET:
+            return GatedDeltaNet(hidden, mixer.num_k_heads, mixer.num_v_heads, mixer.head_k_dim,
+                                 mixer.head_v_dim, mixer.conv_kernel, dtype=dtype)
+        case RecurrentKind.KDA:
+            return KimiDeltaAttention(hidden, mixer.num_heads, mixer.head_dim, mixer.conv_kernel, dtype=dtype)
+        case RecurrentKind.LIGHTNING:
+            return LightningAttention(hidden, mixer.num_heads, mixer.head_dim, num_layers=spec.num_layers,
+                                      dtype=dtype)
+        case RecurrentKind.MAMBA2:
+            return Mamba2(hidden, mixer.num_heads, mixer.head_dim, mixer.d_state, mixer.n_groups,
+                          mixer.conv_kernel, dtype=dtype)
+        case RecurrentKind.MAMBA:
+            return Mamba(hidden, mixer.intermediate_size, mixer.d_state, mixer.conv_kernel, -(-hidden // 16),
+                         dtype=dtype)
+    raise ValueError(f"{spec.name}: no {mixer.kind} layer to build")
 
 
 def timed(work: Callable[[], object], device: torch.device) -> float:

@@ -119,7 +119,10 @@ def test_chunked_layers_hold_one_chunk():
     {"kind": "gated_deltanet", "num_k_heads": 2, "num_v_heads": 4, "head_k_dim": 16, "head_v_dim": 8,
      "conv_kernel": 4},
     {"kind": "mamba2", "num_heads": 4, "head_dim": 8, "d_state": 16, "n_groups": 2, "conv_kernel": 4},
-])
+    {"kind": "kda", "num_heads": 4, "head_dim": 8, "conv_kernel": 4},
+    {"kind": "lightning", "num_heads": 4, "head_dim": 16},
+    {"kind": "mamba", "intermediate_size": 128, "d_state": 8, "conv_kernel": 4},
+], ids=lambda mixer: mixer["kind"])
 def test_recurrent_layers_hold_their_state(mixer, kv_dtype):
     """A hybrid's recurrent layers keep conv inputs and a state whatever the length, MLP blocks
     nothing: measured bytes equal the analytic figure, scaled to the model."""
@@ -133,3 +136,70 @@ def test_recurrent_layers_hold_their_state(mixer, kv_dtype):
     assert row.match and row.measured_bytes == row.analytic_bytes > 0
     assert row.layers == 4  # two recurrent, two full; MLP blocks allocate nothing
     assert row.model_bytes_scaled == row.model_bytes
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
+def test_hybrid_layers_hold_kv_and_state(kv_dtype):
+    """Falcon-H1's layers: attention and a Mamba2 mixer side by side, K/V per token and the state."""
+    from kvcalc.spec import ModelSpec
+
+    spec = ModelSpec.from_dict({
+        "name": "falcon-tiny", "display_name": "Falcon tiny", "num_layers": 3, "hidden_size": 64,
+        "attention": {"kind": "standard", "num_heads": 4, "num_kv_heads": 2, "head_dim": 16},
+        "layer_pattern": ["hybrid"],
+        "recurrent": {"kind": "mamba2", "num_heads": 8, "head_dim": 16, "d_state": 16, "n_groups": 2,
+                      "conv_kernel": 4}})
+    row = measure(spec, MeasureOptions(seq_len=24, batch=2, kv_dtype=kv_dtype, decode_steps=3), CPU)
+    width = 4 if kv_dtype == "fp32" else 2
+    kv, conv, state = 2 * 2 * 16 * width * 24, (128 + 2 * 2 * 16) * 4 * width, 8 * 16 * 16 * 4
+    assert row.match and row.measured_bytes == 2 * (kv + conv + state) == row.analytic_bytes
+    assert row.layers == 1 and row.model_bytes_scaled == row.model_bytes == 3 * row.measured_bytes
+
+
+def test_recurrent_layers_are_not_sharded():
+    from kvcalc.spec import ModelSpec
+
+    spec = ModelSpec.from_dict({
+        "name": "hybrid", "display_name": "Hybrid", "num_layers": 2, "hidden_size": 64,
+        "attention": {"kind": "standard", "num_heads": 4, "num_kv_heads": 2, "head_dim": 16},
+        "layer_pattern": ["recurrent", "full"],
+        "recurrent": {"kind": "kda", "num_heads": 4, "head_dim": 8, "conv_kernel": 4}})
+    with pytest.raises(OptionError, match=r"--tp 2: kvcalc's recurrent layers \(kda\) are not sharded"):
+        measure(spec, MeasureOptions(16, tp=2), CPU)
+
+
+HF_TINY = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "max_position_embeddings": 256}
+# Per family, a tiny config.json and its bytes at 64 tokens, bf16, one layer of each kind:
+HF_CONFIGS = {
+    # Kimi-Linear: MLA latent (16 + 8) x 64 tokens; KDA conv 3 x 4 x 8 channels x 4, state 4 x 8 x 8 fp32.
+    "kimi_linear": ({"num_key_value_heads": 4, "num_hidden_layers": 5, "kv_lora_rank": 16, "q_lora_rank": None,
+                     "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 12,
+                     "linear_attn_config": {"num_heads": 4, "head_dim": 8, "short_conv_kernel_size": 4,
+                                            "full_attn_layers": [4], "kda_layers": [1, 2, 3, 5]}},
+                    (16 + 8) * 2 * 64 + 96 * 4 * 2 + 4 * 8 * 8 * 4),
+    # MiniMax: GQA K/V 2 x 2 heads x 16 x 64 tokens; lightning state 4 x 16 x 16 in the cache dtype, no conv.
+    "minimax": ({"head_dim": 16, "num_hidden_layers": 4,
+                 "layer_types": ["full_attention", "linear_attention", "linear_attention", "full_attention"]},
+                2 * 2 * 16 * 2 * 64 + 4 * 16 * 16 * 2),
+    # Jamba: K/V as MiniMax's (head_dim 64 / 4); Mamba conv 128 inner channels x 4, state 128 x 8 fp32.
+    "jamba": ({"num_hidden_layers": 4, "attn_layer_period": 2, "attn_layer_offset": 1, "mamba_d_state": 8,
+               "mamba_d_conv": 4, "mamba_expand": 2}, 2 * 2 * 16 * 2 * 64 + 128 * 4 * 2 + 128 * 8 * 4),
+    # Falcon-H1: one hybrid layer, K/V and Mamba2 conv (128 + 2 x 2 x 16) x 4, state 8 x 16 x 16 fp32.
+    "falcon_h1": ({"num_hidden_layers": 2, "mamba_d_ssm": 128, "mamba_n_heads": 8, "mamba_d_head": 16,
+                   "mamba_n_groups": 2, "mamba_d_state": 16, "mamba_d_conv": 4},
+                  2 * 2 * 16 * 2 * 64 + 192 * 4 * 2 + 8 * 16 * 16 * 4),
+}
+
+
+@pytest.mark.parametrize("model_type", HF_CONFIGS)
+def test_cli_measures_each_recurrent_family(cli, tmp_path, model_type):
+    """kvcalc measure on a family's config.json: every kind of layer built, the bytes as the formula's."""
+    fields, expected = HF_CONFIGS[model_type]
+    path = tmp_path / f"{model_type}.json"
+    path.write_text(json.dumps({"model_type": model_type, **HF_TINY, **fields}))
+    status, out, err = cli("measure", str(path), "--seq", "64", "--decode-steps", "2", "--device", "cpu",
+                           "-f", "json")
+    assert status == 0, err
+    [row] = json.loads(out)
+    assert row["match"] and row["measured_bytes"] == row["analytic_bytes"] == expected

@@ -482,3 +482,23 @@ def test_sglang_fit_sizes_state_slots_before_the_kv_pool(tmp_path, cli):
 def test_sglang_refuses_hybrids_it_does_not_serve(tmp_path, config, message):
     with pytest.raises(OptionError, match=message):
         footprint(read(config, tmp_path), Options(1, engine="sglang"))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_serving_engines_refuse_mtp_drafts_beside_state(tmp_path, engine):
+    spec = read({**QWEN3_NEXT_80B, "num_nextn_predict_layers": 1}, tmp_path)
+    assert footprint(spec, Options(10, engine=engine)).mtp_layers == 0
+    with pytest.raises(OptionError, match="--mtp: .* decodes MTP drafts with extra state per recurrent layer"):
+        footprint(spec, Options(10, engine=engine, mtp=True))
+
+
+def test_kimi_linear_reads_a_layer_list_of_more_than_nine_layers(tmp_path):
+    """Kimi-Linear-48B-A3B's 27 layers: full attention at 4, 8, ..., 24 and 27 (1-indexed), KDA elsewhere."""
+    full = [4, 8, 12, 16, 20, 24, 27]
+    config = {"model_type": "kimi_linear", **TINY, **KIMI, "num_hidden_layers": 27,
+              "linear_attn_config": {"full_attn_layers": full, "kda_layers": [i for i in range(1, 28) if i not in full],
+                                     "num_heads": 4, "head_dim": 8, "short_conv_kernel_size": 4}}
+    spec = read(config, tmp_path)
+    assert [i + 1 for i, kind in enumerate(spec.layer_kinds) if kind == "full"] == full
+    with pytest.raises(SpecError, match="must list the layers 1 to 27 once"):
+        read({**config, "linear_attn_config": {"full_attn_layers": full, "kda_layers": ["1"]}}, tmp_path)
