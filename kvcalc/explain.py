@@ -346,6 +346,11 @@ def _gpu_lines(fp: Footprint, with_totals: bool) -> list[str]:
     shape = ", ".join(f"{part.name} {_factors(part)}" for part in _first_group_of(fp.gpu_parts))
     lines.append(f"  one GPU caches {shape}")
     lines.append(f"  one GPU: {fp.gpu_bytes_per_token:,} B/token")
+    state = [part for part in fp.gpu_parts if part.growth is Growth.STATE]
+    if state and p.attention_tp > 1:
+        held = ", ".join(f"{part.name} {_factors(part)}" if part.factors else part.name for part in state)
+        lines.append(f"  one GPU keeps, per sequence, the state of its share of the mixer's heads: {held} "
+                     f"per recurrent layer (heads split across the {p.attention_tp} attention-TP ranks)")
     if with_totals:
         lines.append(
             f"  one GPU: {fp.per_gpu_bytes:,} B ({humanize_bytes(fp.per_gpu_bytes)}) at "

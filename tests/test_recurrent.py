@@ -502,3 +502,14 @@ def test_kimi_linear_reads_a_layer_list_of_more_than_nine_layers(tmp_path):
     assert [i + 1 for i, kind in enumerate(spec.layer_kinds) if kind == "full"] == full
     with pytest.raises(SpecError, match="must list the layers 1 to 27 once"):
         read({**config, "linear_attn_config": {"full_attn_layers": full, "kda_layers": ["1"]}}, tmp_path)
+
+
+def test_explain_says_how_tp_splits_the_state(tmp_path, cli):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN3_NEXT_80B))
+    status, out, _ = cli("show", str(path), "--tp", "4", "--seq", "32k", "--explain")
+    assert status == 0
+    assert ("one GPU keeps, per sequence, the state of its share of the mixer's heads: conv state 2048 "
+            "((2 × key heads × head_k_dim + value heads × head_v_dim) / 4) × 4 (conv_kernel), recurrent state "
+            "8 (value heads) × 128 (head_k_dim) × 128 (head_v_dim)") in out
+    assert "one GPU: 422,117,376 B" in out
