@@ -48,6 +48,7 @@ from kvcalc.plan import (
 )
 from kvcalc.spec import (
     NO_CACHE_KINDS,
+    STATE_DTYPES,
     Attention,
     CompressedAttention,
     LayerKind,
@@ -87,6 +88,9 @@ class Options:
     max_num_batched_tokens: int | None = None
     """vLLM's scheduler budget per step, which its admission reservation for sliding and chunked
     layers counts (None: ``engines.DEFAULT_BATCHED_TOKENS``)."""
+    state_dtype: str | None = None
+    """A serving engine's SSM-state dtype (vLLM's --mamba-ssm-cache-dtype, SGLang's
+    --mamba-ssm-dtype); None: the engine's own choice (``vllm_state_dtype``, ``sglang_state_dtype``)."""
 
 
 def in_flight_tokens(options: Options) -> int:
@@ -429,6 +433,8 @@ def _prepared(spec: ModelSpec, options: Options):
         if options.max_num_batched_tokens < 1:
             raise OptionError(f"--max-num-batched-tokens: {options.max_num_batched_tokens} must be at "
                               "least 1")
+    if options.state_dtype is not None:
+        _check_state_dtype(options.state_dtype, engine, spec)
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
                  chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
                  compressed=compressed, recurrent=spec.recurrent is not None,
@@ -460,10 +466,9 @@ def _prepared(spec: ModelSpec, options: Options):
                           "(num_speculative_tokens more conv inputs and state blocks in vLLM, intermediate "
                           "state in SGLang): not modelled")
     if engine.state_slots and spec.recurrent is not None:
-        engine, whole, stage_groups = _sglang_state(spec, engine, whole, stage_groups)
+        engine, whole, stage_groups = _sglang_state(spec, engine, whole, stage_groups, options.state_dtype)
     if engine.block_pool and spec.recurrent is not None:
-        engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options.block_size,
-                                                  par.attention_tp)
+        engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options)
     if engine.block_pool:
         for groups in stage_groups:  # as each GPU holds its layers
             _check_equal_pages(engine, groups)
@@ -505,23 +510,37 @@ _VLLM_STATE_REFUSED = {
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def vllm_state_dtype(spec: ModelSpec) -> tuple[str, str]:
-    """The dtype vLLM 0.33 keeps a hybrid's SSM / recurrent state in, and why: the model dtype
-    (--mamba-ssm-cache-dtype auto; bf16 assumed) unless the model overrides it
-    (model_executor/models/config.py, layers/mamba/mamba_utils.py)."""
+def _check_state_dtype(dtype: str, engine: Engine, spec: ModelSpec) -> None:
+    if dtype not in STATE_DTYPES:
+        raise OptionError(f"--state-dtype {dtype}: expected one of {', '.join(STATE_DTYPES)}")
+    if not (engine.block_pool or engine.state_slots):
+        raise OptionError(f"--state-dtype {dtype}: the state dtype is a serving engine's setting (--engine "
+                          f"vllm or sglang); {engine.name} keeps it as transformers' kernels return it "
+                          "(fp32; lightning: the cache dtype)")
+    if spec.recurrent is None:
+        raise OptionError(f"--state-dtype {dtype}: {spec.name} has no recurrent layers")
+
+
+def vllm_state_dtype(spec: ModelSpec, given: str | None = None) -> tuple[str, str]:
+    """The dtype vLLM 0.33 keeps a hybrid's SSM / recurrent state in, and why: --mamba-ssm-cache-dtype
+    (``given``), else the model dtype (its "auto"; bf16 assumed) unless the model overrides it
+    (model_executor/models/config.py, layers/mamba/mamba_utils.py). KDA layers pass no SSM dtype:
+    float32 whatever is given."""
     mixer, name = spec.recurrent, spec.architecture or ""
+    if mixer.kind is RecurrentKind.KDA:
+        return "float32", "float32 for KDA (its layer passes no --mamba-ssm-cache-dtype)"
+    if given is not None:
+        return given, "--mamba-ssm-cache-dtype"
     if name.startswith("NemotronH"):
         return mixer.ssm_cache_dtype or "float32", (
             "the config's mamba_ssm_cache_dtype" if mixer.ssm_cache_dtype else
             "float32 for Nemotron-H when the config names no mamba_ssm_cache_dtype")
     if name.startswith("Qwen3_5") and mixer.ssm_dtype:
         return mixer.ssm_dtype, "the config's mamba_ssm_dtype"
-    if mixer.kind is RecurrentKind.KDA:
-        return "float32", "float32 for KDA (its layer passes no --mamba-ssm-cache-dtype)"
     return "bfloat16", "the model dtype, bf16 assumed"
 
 
-def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int | None, tp: int):
+def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, options: Options):
     """vLLM 0.33's recurrent layers (platforms/interface.py, v1/kv_cache_interface.py ``MambaSpec``):
     each holds per sequence one page of its conv state (conv_kernel - 1 inputs, in the model dtype)
     and its state (``vllm_state_dtype``), both split by heads across the ``tp`` ranks; the attention
@@ -530,7 +549,7 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int 
     request reserves 2 + checkpoint pages per recurrent group. A layer holding attention and Mamba
     side by side (Falcon-H1) is two layers to vLLM, one of each. The whole model's state is the
     ranks' pages together."""
-    name = spec.architecture
+    name, block_size, tp = spec.architecture, options.block_size, options.parallel.attention_tp
     if name not in VLLM_STATE:
         why = _VLLM_STATE_REFUSED.get(name or "", f"how it pages the state of {name or 'this architecture'} "
                                       "is not modelled")
@@ -542,7 +561,7 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, block_size: int 
     if isinstance(spec.attention, MlaAttention):
         align = max(align, 128)
     mixer = spec.recurrent
-    dtype, why = vllm_state_dtype(spec)
+    dtype, why = vllm_state_dtype(spec, options.state_dtype)
     channels = conv_channels_on_rank(mixer, tp) if tp > 1 else mixer.conv_channels
     conv = (mixer.conv_kernel - 1) * channels * 2
     state = math.prod(f.size for f in state_factors(mixer)) // tp * _DTYPE_BYTES[dtype]
@@ -590,15 +609,18 @@ _SGLANG_STATE_REFUSED = {
 }
 
 
-def sglang_state_dtype(spec: ModelSpec) -> str:
-    """The dtype SGLang 0.5.23 keeps a hybrid's SSM / recurrent state in: float32 unless the config
-    it reads names ``mamba_ssm_dtype`` (the ``SGLANG_MAMBA_SSM_DTYPE`` environment variable and
-    ``--mamba-ssm-dtype`` override both)."""
-    reads = SGLANG_STATE.get(spec.architecture or "", False)
-    return (spec.recurrent.ssm_dtype if reads else None) or "float32"
+def sglang_state_dtype(spec: ModelSpec, given: str | None = None) -> tuple[str, str]:
+    """The dtype SGLang 0.5.23 keeps a hybrid's SSM / recurrent state in, and why: --mamba-ssm-dtype
+    (``given``; it sets ``SGLANG_MAMBA_SSM_DTYPE``), else the config's ``mamba_ssm_dtype`` where
+    SGLang reads it, else float32."""
+    if given is not None:
+        return given, "--mamba-ssm-dtype"
+    if SGLANG_STATE.get(spec.architecture or "", False) and spec.recurrent.ssm_dtype:
+        return spec.recurrent.ssm_dtype, "the config's mamba_ssm_dtype"
+    return "float32", "SGLang's default"
 
 
-def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages):
+def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages, given: str | None):
     """SGLang 0.5.23's MambaPool slot (srt/configs/mamba_utils.py): a recurrent layer keeps its conv
     inputs' last conv_kernel - 1 (in bf16, ``SGLANG_MAMBA_CONV_DTYPE``) and its state
     (``sglang_state_dtype``), heads split across the attention tp ranks as the plan splits them."""
@@ -607,7 +629,7 @@ def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages):
         unknown = f"how it holds the state of {name or 'this architecture'} is not modelled"
         why = _SGLANG_STATE_REFUSED.get(name or "", unknown)
         raise OptionError(f"--engine {engine.name}: {why} ({spec.recurrent.kind} state)")
-    dtype = sglang_state_dtype(spec)
+    dtype, source = sglang_state_dtype(spec, given)
 
     def slot(row: Row) -> Row:
         if row.growth is not Growth.STATE:
@@ -622,8 +644,6 @@ def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages):
     def slots(groups):
         return tuple(replace(g, rows=tuple(map(slot, g.rows))) for g in groups)
 
-    read = spec.recurrent.ssm_dtype is not None and dtype == spec.recurrent.ssm_dtype
-    source = "the config's mamba_ssm_dtype" if read else "SGLang's default"
     engine = replace(engine, rules=(*engine.rules, (
         f"recurrent layers: a slot per request in a pool of its own (MambaPool): the conv state's last "
         f"conv_kernel - 1 inputs in bf16 (SGLANG_MAMBA_CONV_DTYPE) and the state in {dtype} ({source}; "

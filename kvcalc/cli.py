@@ -139,6 +139,13 @@ BatchedTokensOpt = Annotated[
                  help="vLLM's tokens per scheduler step, which its admission reserves for sliding layers "
                       "\\[default: vllm serve's for the GPU; 8192 without --gpu; check: the log's]."),
 ]
+StateDtypeOpt = Annotated[
+    str | None,
+    typer.Option("--state-dtype",
+                 help="float32, bfloat16 or float16: a linear-attention or Mamba hybrid's SSM state "
+                      "dtype (vLLM's --mamba-ssm-cache-dtype, SGLang's --mamba-ssm-dtype) \\[default: "
+                      "the engine's own, or the config's]."),
+]
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="Concurrent sequences.")]
 MtpOpt = Annotated[
     bool,
@@ -191,6 +198,7 @@ def show(
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
     max_num_batched_tokens: BatchedTokensOpt = None,
+    state_dtype: StateDtypeOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -205,7 +213,7 @@ def show(
     seq_len = parse_tokens(seq) if seq is not None else None
     parallel = Parallel(tp, pp, dcp, dp_attention)
     options = Options(seq_len or 1, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
-                      max_num_batched_tokens)
+                      max_num_batched_tokens, state_dtype)
     fp, mha = footprint(spec, options), mha_equivalent(spec, options)
     lines = explain(spec, fp, mha, with_totals=seq_len is not None)
     if fmt is OutputFormat.JSON:
@@ -233,6 +241,7 @@ def compare_models(
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
     max_num_batched_tokens: BatchedTokensOpt = None,
+    state_dtype: StateDtypeOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -246,7 +255,7 @@ def compare_models(
     parallel = Parallel(tp, pp, dcp, dp_attention)
     rows = [
         compare(spec, Options(n, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
-                              max_num_batched_tokens))
+                              max_num_batched_tokens, state_dtype))
         for spec in specs
         for n in seq_lens
     ]
@@ -377,6 +386,7 @@ def fit_command(
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
     max_num_batched_tokens: BatchedTokensOpt = None,
+    state_dtype: StateDtypeOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -393,7 +403,7 @@ def fit_command(
     name, memory = _gpu_memory(gpu, gpu_mem)
     parallel = check_parallel(Parallel(tp, pp, dcp, dp_attention), gpus)
     options = Options(parse_tokens(seq), 1, kv_dtype, layout, mtp, engine, block_size, parallel,
-                      max_num_batched_tokens)
+                      max_num_batched_tokens, state_dtype)
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                  mem_util=mem_util, reserve_bytes=reserve_bytes)
@@ -457,6 +467,7 @@ def plot(
     engine: EngineOpt = None,
     block_size: BlockSizeOpt = None,
     max_num_batched_tokens: BatchedTokensOpt = None,
+    state_dtype: StateDtypeOpt = None,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     dcp: DcpOpt = 1,
@@ -481,7 +492,7 @@ def plot(
     specs = [resolve(m) for m in models]
     for spec in specs:
         options = Options(top, batch, kv_dtype, layout, mtp, engine, block_size, parallel,
-                          max_num_batched_tokens)
+                          max_num_batched_tokens, state_dtype)
         budget = None
         if memory is not None:
             budget = gpu_budget(spec, options, gpu_mem_bytes=memory, weights_dtype=weights_dtype,

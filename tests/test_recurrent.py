@@ -513,3 +513,29 @@ def test_explain_says_how_tp_splits_the_state(tmp_path, cli):
             "((2 × key heads × head_k_dim + value heads × head_v_dim) / 4) × 4 (conv_kernel), recurrent state "
             "8 (value heads) × 128 (head_k_dim) × 128 (head_v_dim)") in out
     assert "one GPU: 422,117,376 B" in out
+
+
+def test_state_dtype_is_the_serving_engines_flag(tmp_path, cli):
+    """--state-dtype is vLLM's --mamba-ssm-cache-dtype (Qwen3-Next in float32: a 2,146,304-B state
+    page, blocks of 64 x cdiv(2,146,304, 131,072) = 1,088 tokens; 576 at tp 4, facts A.3) and SGLang's
+    --mamba-ssm-dtype (bfloat16 halves the state slot); Kimi-Linear's KDA layers keep float32 in vLLM
+    whatever it says."""
+    from kvcalc.analytic import curve
+
+    spec = read(QWEN3_NEXT_80B, tmp_path)
+    assert curve(spec, Options(1, engine="vllm", state_dtype="float32")).engine.page_tokens == 1088
+    four = Options(1, engine="vllm", state_dtype="float32", parallel=Parallel(tp=4))
+    assert curve(spec, four).engine.page_tokens == 576
+    sglang = footprint(spec, Options(1, engine="sglang", state_dtype="bfloat16"))
+    assert sglang.state_bytes_per_sequence == 36 * (8192 * 3 * 2 + 32 * 128 * 128 * 2)
+    kimi = read(VLLM_PAGED[-1][0], tmp_path)
+    assert curve(kimi, Options(1, engine="vllm", state_dtype="bfloat16")).engine.page_tokens == 1920
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN3_NEXT_80B))
+    for args, message in ((["--state-dtype", "float32"], "the state dtype is a serving engine's setting"),
+                          (["--state-dtype", "fp8", "--engine", "vllm"], "expected one of float32, bfloat16"),
+                          (["llama-3.1-8b", "--state-dtype", "float32", "--engine", "sglang"],
+                           "llama-3.1-8b has no recurrent layers")):
+        model = [] if args[0] == "llama-3.1-8b" else [str(path)]
+        status, _, err = cli("show", *model, *args)
+        assert status == 2 and message in err
