@@ -135,9 +135,6 @@ def check_options(options: MeasureOptions, spec: ModelSpec | None = None) -> Non
             raise OptionError(f"{spec.name}: kvcalc has no {spec.recurrent.kind} layer to measure yet (it "
                               f"builds {', '.join(MEASURED_MIXERS)}); show and compare give its exact "
                               "figures")
-        if options.tp > 1:
-            raise OptionError(f"--tp {options.tp}: kvcalc's recurrent layers ({spec.recurrent.kind}) are not "
-                              "sharded for tensor parallelism; measure them with --tp 1")
     if spec is not None and isinstance(spec.attention, CompressedAttention) and options.tp > 1:
         raise OptionError(f"--tp {options.tp}: kvcalc's DeepSeek-V4 layer is not sharded for tensor "
                           "parallelism (every rank would hold the same cache: one K = V head)")
@@ -233,7 +230,7 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, 
 def build_layer(
     spec: ModelSpec, kind: LayerKind, layout: Layout, device, dtype, shard: Shard = WHOLE
 ) -> nn.Module:
-    """One attention layer with the model's dimensions (this rank's shard under tp).
+    """One layer of ``kind`` with the model's dimensions (this rank's shard under tp).
 
     Under tp every rank makes the same full layer on the CPU from a fixed seed, keeps its slice and
     sums its row-parallel output with the others (``nn/parallel.py``).

@@ -156,16 +156,19 @@ def test_hybrid_layers_hold_kv_and_state(kv_dtype):
     assert row.layers == 1 and row.model_bytes_scaled == row.model_bytes == 3 * row.measured_bytes
 
 
-def test_recurrent_layers_are_not_sharded():
-    from kvcalc.spec import ModelSpec
-
-    spec = ModelSpec.from_dict({
-        "name": "hybrid", "display_name": "Hybrid", "num_layers": 2, "hidden_size": 64,
-        "attention": {"kind": "standard", "num_heads": 4, "num_kv_heads": 2, "head_dim": 16},
-        "layer_pattern": ["recurrent", "full"],
-        "recurrent": {"kind": "kda", "num_heads": 4, "head_dim": 8, "conv_kernel": 4}})
-    with pytest.raises(OptionError, match=r"--tp 2: kvcalc's recurrent layers \(kda\) are not sharded"):
-        measure(spec, MeasureOptions(16, tp=2), CPU)
+def test_cli_measure_tp_2_shards_a_hybrid_layer(cli, tmp_path):
+    """Falcon-H1's layer at --tp 2 (gloo ranks on the CPU): one KV head per rank, and half the Mamba2
+    heads with the one group copied to both ranks -- conv (64 + 2 x 16) x 4, state 4 x 16 x 16 fp32."""
+    path = tmp_path / "falcon_h1.json"
+    path.write_text(json.dumps({"model_type": "falcon_h1", **HF_TINY, "num_hidden_layers": 2, "mamba_d_ssm": 128,
+                                "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_d_state": 16,
+                                "mamba_d_conv": 4}))
+    status, out, err = cli("measure", str(path), "--tp", "2", "--seq", "16", "--decode-steps", "2",
+                           "--device", "cpu", "-f", "json")
+    assert status == 0, err
+    per_rank = 2 * 1 * 16 * 2 * 16 + (64 + 2 * 16) * 4 * 2 + 4 * 16 * 16 * 4
+    assert [(r["rank"], r["match"], r["measured_bytes"]) for r in json.loads(out)] == [
+        (0, True, per_rank), (1, True, per_rank)]
 
 
 HF_TINY = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 4,

@@ -1,4 +1,5 @@
-"""Tensor-parallel shards of the attention layers (Megatron-style, as vLLM and SGLang shard them).
+"""Tensor-parallel shards of the attention layers and recurrent mixers (Megatron-style, as vLLM and
+SGLang shard them).
 
 - Column-parallel: ``q_proj`` / ``k_proj`` / ``v_proj``, MLA's ``q_b_proj`` (or ``q_proj``) and
   ``kv_b_proj`` keep the rows of this rank's heads.
@@ -8,6 +9,19 @@
   cache are whole on every rank. KV heads are split max(1, n_kv // tp) per rank; when tp > n_kv each
   KV head is copied to the tp / n_kv ranks whose query heads read it.
 
+Recurrent mixers (vLLM's and SGLang's ``mamba_utils`` shapes; ``plan.conv_channels_on_rank``):
+- Column-parallel: the input projections, the short convolution's channels, and each head's decay,
+  gate and bias parameters keep this rank's heads -- gated DeltaNet's num_k_heads / tp key heads
+  and num_v_heads / tp value heads, KDA's, lightning's and Mamba2's heads / tp, Mamba's
+  intermediate_size / tp channels. Mamba2's B and C keep this rank's n_groups / tp groups; when
+  tp is a multiple of n_groups each group is copied to the tp / n_groups ranks whose heads read it.
+- Row-parallel: ``out_proj``, and Mamba's ``x_proj`` (its dt, B and C are all-reduced in the layer,
+  as vLLM's ``RowParallelLinear`` does).
+- Replicated: KDA's low-rank ``f_a_proj`` / ``g_a_proj``, Mamba's dt / B / C norms and every
+  per-head norm (gated DeltaNet, KDA). A norm over the whole width (lightning, Mamba2) normalises
+  this rank's slice by the all-reduced sum of squares.
+- Hybrid (Falcon-H1): attention and mixer sharded each as above.
+
 A shard is a layer of the same class with fewer heads, loaded with ``strict=True`` from slices of
 the full layer's weights, so every shape is checked.
 """
@@ -15,12 +29,22 @@ the full layer's weights, so every shape is checked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from kvcalc.nn.attention import Attention
 from kvcalc.nn.mla import MLA
+from kvcalc.nn.recurrent import (
+    GatedDeltaNet,
+    Hybrid,
+    KimiDeltaAttention,
+    LightningAttention,
+    Mamba,
+    Mamba2,
+    Mixer,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,12 @@ def shard_layer(full: nn.Module, shard: Shard) -> nn.Module:
     """This rank's slice of ``full`` (a new module on the same device and dtype)."""
     if shard.size == 1:
         return full
+    if isinstance(full, Hybrid):
+        return Hybrid(shard_layer(full.attention, shard), shard_layer(full.mixer, shard))
+    if isinstance(full, Mixer):
+        local = _MIXERS[type(full)](full, shard)
+        local.tp_rank, local.tp_size = shard.rank, shard.size
+        return local
     if isinstance(full, MLA):
         return _shard_mla(full, shard)
     return _shard_attention(full, shard)
@@ -82,13 +112,109 @@ def _shard_mla(full: MLA, shard: Shard) -> MLA:
     return local
 
 
+Segments = list[tuple[int, int]]
+"""A weight's rows (or columns) as consecutive segments of ``units`` heads (groups, channels) of
+``width`` rows each: gated DeltaNet's in_proj is [(Hk, dk), (Hk, dk), (Hv, dv), (Hv, dv), (Hv, 1),
+(Hv, 1)] for q, k, v, z, b and a."""
+
+
+def _shard_gated_deltanet(full: GatedDeltaNet, shard: Shard) -> GatedDeltaNet:
+    key_heads = _local(full.k_heads, shard, "key heads")
+    w = full.state_dict()
+    key, value, heads = (full.k_heads, full.dk), (full.v_heads, full.dv), (full.v_heads, 1)
+    local = _new(GatedDeltaNet, w["in_proj.weight"], key_heads, full.v_heads // shard.size, full.dk,
+                 full.dv, full.kernel)
+    local.load_state_dict({
+        "in_proj.weight": _split(w["in_proj.weight"], [key, key, value, value, heads, heads], shard),
+        "conv_weight": _split(w["conv_weight"], [key, key, value], shard),
+        "a_log": _split(w["a_log"], [heads], shard),
+        "norm": w["norm"],  # per head: replicated
+        "out_proj.weight": _split(w["out_proj.weight"], [value], shard, dim=1),
+    }, strict=True)
+    return local
+
+
+def _shard_kda(full: KimiDeltaAttention, shard: Shard) -> KimiDeltaAttention:
+    heads = _local(full.heads, shard, "heads")
+    w = full.state_dict()
+    width, scalar = (full.heads, full.head_dim), (full.heads, 1)
+    local = _new(KimiDeltaAttention, w["qkv_proj.weight"], heads, full.head_dim, full.kernel)
+    state = dict(w)  # f_a_proj, g_a_proj (hidden -> head_dim) and the per-head norm: replicated
+    for name in ("qkv_proj.weight", "conv_weight"):
+        state[name] = _split(w[name], [width] * 3, shard)
+    for name in ("f_b_proj.weight", "dt_bias", "g_b_proj.weight"):
+        state[name] = _split(w[name], [width], shard)
+    for name in ("a_log", "b_proj.weight"):
+        state[name] = _split(w[name], [scalar], shard)
+    state["out_proj.weight"] = _split(w["out_proj.weight"], [width], shard, dim=1)
+    local.load_state_dict(state, strict=True)
+    return local
+
+
+def _shard_lightning(full: LightningAttention, shard: Shard) -> LightningAttention:
+    heads = _local(full.heads, shard, "heads")
+    w = full.state_dict()
+    width = (full.heads, full.head_dim)
+    local = _new(LightningAttention, w["qkv_proj.weight"], heads, full.head_dim, layer_idx=full.layer_idx,
+                 num_layers=full.num_layers)
+    local.load_state_dict({
+        "qkv_proj.weight": _split(w["qkv_proj.weight"], [(full.heads, 3 * full.head_dim)], shard),  # per head
+        "output_gate.weight": _split(w["output_gate.weight"], [width], shard),
+        "norm": _split(w["norm"], [width], shard),
+        "out_proj.weight": _split(w["out_proj.weight"], [width], shard, dim=1),
+    }, strict=True)
+    return local
+
+
+def _shard_mamba2(full: Mamba2, shard: Shard) -> Mamba2:
+    heads = _local(full.heads, shard, "heads")
+    if full.groups % shard.size and shard.size % full.groups:
+        raise ValueError(f"tp {shard.size} and the {full.groups} groups must divide one another")
+    w = full.state_dict()
+    inner, groups, scalar = (full.heads, full.head_dim), (full.groups, full.d_state), (full.heads, 1)
+    local = _new(Mamba2, w["in_proj.weight"], heads, full.head_dim, full.d_state,
+                 _held(full.groups, shard)[1], full.kernel)
+    local.load_state_dict({
+        "in_proj.weight": _split(w["in_proj.weight"], [inner, inner, groups, groups, scalar], shard),
+        "conv_weight": _split(w["conv_weight"], [inner, groups, groups], shard),
+        "a_log": _split(w["a_log"], [scalar], shard),
+        "d": _split(w["d"], [scalar], shard),
+        "norm": _split(w["norm"], [inner], shard),
+        "out_proj.weight": _split(w["out_proj.weight"], [inner], shard, dim=1),
+    }, strict=True)
+    return local
+
+
+def _shard_mamba(full: Mamba, shard: Shard) -> Mamba:
+    inner = _local(full.inner, shard, "inner channels")
+    w = full.state_dict()
+    channels = [(full.inner, 1)]
+    local = _new(Mamba, w["in_proj.weight"], inner, full.d_state, full.kernel, full.dt_rank)
+    state = dict(w)  # the dt, B and C norms: replicated
+    for name in ("conv_weight", "conv_bias", "dt_proj.weight", "dt_proj.bias", "a_log", "d"):
+        state[name] = _split(w[name], channels, shard)
+    state["in_proj.weight"] = _split(w["in_proj.weight"], channels * 2, shard)  # x and z
+    for name in ("x_proj.weight", "out_proj.weight"):
+        state[name] = _split(w[name], channels, shard, dim=1)
+    local.load_state_dict(state, strict=True)
+    return local
+
+
+_MIXERS = {GatedDeltaNet: _shard_gated_deltanet, KimiDeltaAttention: _shard_kda,
+           LightningAttention: _shard_lightning, Mamba2: _shard_mamba2, Mamba: _shard_mamba}
+
+
 class TensorParallel(nn.Module):
-    """A shard whose row-parallel output is summed across the tensor-parallel group."""
+    """A shard whose row-parallel output is summed across the tensor-parallel group; a mixer's sums
+    over every head inside the layer (``tp_sum``) are all-reduced in the same group."""
 
     def __init__(self, local: nn.Module, group=None) -> None:
         super().__init__()
         self.local = local
         self.group = group
+        for module in local.modules():
+            if isinstance(module, Mixer):
+                module.tp_sum = partial(_all_reduced, group=group)
 
     def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype):
         return self.local.allocate_cache(batch, max_tokens, dtype)
@@ -97,6 +223,38 @@ class TensorParallel(nn.Module):
         out = self.local(x, start_pos)
         torch.distributed.all_reduce(out, group=self.group)
         return out
+
+
+def _all_reduced(partial_sum: torch.Tensor, group=None) -> torch.Tensor:
+    torch.distributed.all_reduce(partial_sum, group=group)
+    return partial_sum
+
+
+def _new(cls: type[nn.Module], like: torch.Tensor, *args, **kwargs) -> nn.Module:
+    """A ``cls`` with ``like``'s input width, device and dtype (its weights uninitialised until loaded)."""
+    with torch.device(like.device):
+        return cls(like.shape[1], *args, dtype=like.dtype, **kwargs)
+
+
+def _held(units: int, shard: Shard) -> tuple[int, int]:
+    """(first, count) of the ``units`` this rank holds: units / tp of them, or -- when tp is a multiple
+    of units -- the one unit that tp / units consecutive ranks share."""
+    if units % shard.size == 0:
+        count = units // shard.size
+        return shard.rank * count, count
+    return shard.rank // (shard.size // units), 1
+
+
+def _split(weight: torch.Tensor, segments: Segments, shard: Shard, dim: int = 0) -> torch.Tensor:
+    """This rank's units of each segment of ``weight`` along ``dim``, concatenated."""
+    pieces, start = [], 0
+    for units, width in segments:
+        first, count = _held(units, shard)
+        pieces.append(weight.narrow(dim, start + first * width, count * width))
+        start += units * width
+    if start != weight.shape[dim]:
+        raise ValueError(f"segments of {start} rows for a weight of {weight.shape[dim]}")
+    return torch.cat(pieces, dim)
 
 
 def _local(total: int, shard: Shard, what: str) -> int:

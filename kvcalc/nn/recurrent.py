@@ -13,9 +13,15 @@ dtype; lightning has none) and its recurrent state (fp32, as the models' kernels
 lightning attention, whose state is in the model's dtype), in a ``StateCache`` -- the same kind of
 module as the attention layers' ``TokenCache``, so ``measure`` counts its bytes the same way. The
 state does not grow: prefill and decode update it in place. Every recurrence runs in fp32.
+
+A mixer may be one rank's shard of a tensor-parallel layer (``nn/parallel.py``): it then holds
+1 / tp of the heads, and the few sums that span every head -- lightning's and Mamba2's norm over the
+whole width, Mamba's x_proj over all inner channels -- go through ``tp_sum``, an all-reduce.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +50,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
 
 
-class _Stateful(nn.Module):
-    """The shared part: a ``StateCache`` allocated for a batch, or made by a whole-sequence forward
+class Mixer(nn.Module):
+    """A recurrent token mixer (what every layer here shares): a ``StateCache`` allocated for a batch, or made by a whole-sequence forward
     that runs without one."""
 
     conv_shape: tuple[int, int] | None = None
@@ -56,6 +62,27 @@ class _Stateful(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.cache: StateCache | None = None
+        self.tp_rank, self.tp_size = 0, 1
+        """This layer as rank ``tp_rank``'s shard of ``tp_size`` (``nn/parallel.py``); 1: whole."""
+        self.tp_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """A shard's sum of a partial tensor over the ranks (an all-reduce; ``TensorParallel``'s)."""
+
+    def _summed(self, partial: torch.Tensor) -> torch.Tensor:
+        """``partial``, this rank's share of a sum over every head, summed over the tp ranks."""
+        if self.tp_size == 1:
+            return partial
+        if self.tp_sum is None:
+            raise RuntimeError("a tensor-parallel shard sums across ranks: wrap it in TensorParallel")
+        return self.tp_sum(partial)
+
+    def _norm_all_heads(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``rms_norm`` over the whole layer's width when x (..., width / tp) holds this rank's heads:
+        the sums of squares summed over the ranks (vLLM's ``Mixer2RMSNormGated`` with one group,
+        ``MiniMaxText01RMSNormTP``), so each rank's slice is the whole norm's."""
+        if self.tp_size == 1:
+            return rms_norm(x, weight)
+        squares = self._summed(x.pow(2).sum(-1, keepdim=True))
+        return x * torch.rsqrt(squares / (x.shape[-1] * self.tp_size) + 1e-6) * weight.float()
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -83,7 +110,7 @@ class _Stateful(nn.Module):
         return state.float() if start_pos else torch.zeros(state.shape, device=state.device)
 
 
-class _Recurrent(_Stateful):
+class _Recurrent(Mixer):
     """A mixer with a depthwise causal convolution over its inputs, whose last ``kernel`` inputs the
     cache keeps (with a bias per channel when ``conv_bias``: Jamba's)."""
 
@@ -208,7 +235,7 @@ class KimiDeltaAttention(_Recurrent):
         return self.out_proj(out.reshape(batch, seq, -1).to(x.dtype))
 
 
-class LightningAttention(_Stateful):
+class LightningAttention(Mixer):
     """Lightning attention (MiniMax-Text-01; transformers' ``MiniMaxLightningAttention``): linear
     attention with a fixed decay lambda_h = exp(-slope_h) per head. Per head a ``head_dim x head_dim``
     state S <- lambda_h S + k_t^T v_t, read as o_t = q_t S (no softmax, no scale); q | k | v =
@@ -217,7 +244,8 @@ class LightningAttention(_Stateful):
     MiniMax keeps it in the model's.
 
     slope_h = 2^(-8 (h + 1) / heads) x (1 - layer_idx / (num_layers - 1) + 1e-5): ALiBi's slopes,
-    weaker in deeper layers (the 1e-5 terms as MiniMax writes them)."""
+    weaker in deeper layers (the 1e-5 terms as MiniMax writes them); a shard's are those of its heads.
+    """
 
     state_in_cache_dtype = True
 
@@ -239,9 +267,10 @@ class LightningAttention(_Stateful):
     def slopes(self, device=None) -> torch.Tensor:
         """slope_h for each head (H,), fp32; computed, not a buffer, so a layer built on the meta
         device needs no init."""
-        exponents = torch.arange(1, self.heads + 1, dtype=torch.float32, device=device)
+        first = self.tp_rank * self.heads
+        exponents = torch.arange(first + 1, first + self.heads + 1, dtype=torch.float32, device=device)
         depth = 1 - self.layer_idx / (self.num_layers - 1 + 1e-5) + 1e-5
-        return 2 ** (-8 / self.heads * exponents) * depth
+        return 2 ** (-8 / (self.heads * self.tp_size) * exponents) * depth
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -254,7 +283,8 @@ class LightningAttention(_Stateful):
             state = decay * state + torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
             out[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], state)
         self.cache.state.copy_(state)
-        out = rms_norm(out.reshape(batch, seq, -1), self.norm) * torch.sigmoid(self.output_gate(x).float())
+        out = self._norm_all_heads(out.reshape(batch, seq, -1), self.norm)
+        out = out * torch.sigmoid(self.output_gate(x).float())
         return self.out_proj(out.to(x.dtype))
 
 
@@ -298,7 +328,7 @@ class Mamba2(_Recurrent):
             out[:, t] = torch.einsum("bhpn,bhn->bhp", state, c[:, t]) + self.d.float()[:, None] * xs[:, t]
         self.cache.state.copy_(state)
         out = out.reshape(batch, seq, inner) * F.silu(z.float())
-        return self.out_proj(rms_norm(out, self.norm).to(x.dtype))
+        return self.out_proj(self._norm_all_heads(out, self.norm).to(x.dtype))
 
 
 class Mamba(_Recurrent):
@@ -331,7 +361,8 @@ class Mamba(_Recurrent):
         state = self._begin(x, start_pos)
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = self._convolve(xs, start_pos)  # (B, S, inner)
-        dt, b, c = self.x_proj(xs).float().split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        params = self._summed(self.x_proj(xs).float())  # a shard's x_proj sees its channels only
+        dt, b, c = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt, b, c = rms_norm(dt, self.dt_norm), rms_norm(b, self.b_norm), rms_norm(c, self.c_norm)
         dt = F.softplus(F.linear(dt, self.dt_proj.weight.float(), self.dt_proj.bias.float()))  # (B, S, inner)
         a = -torch.exp(self.a_log.float())  # (inner, d_state)
@@ -362,7 +393,7 @@ class Hybrid(nn.Module):
     outputs add; each keeps its own cache. (Falcon-H1's scalar multipliers on the branches' inputs,
     keys and outputs change no cached shape and are left out.)"""
 
-    def __init__(self, attention: nn.Module, mixer: _Stateful) -> None:
+    def __init__(self, attention: nn.Module, mixer: Mixer) -> None:
         super().__init__()
         self.attention, self.mixer = attention, mixer
 
