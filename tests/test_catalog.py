@@ -50,6 +50,20 @@ EXPECTED_BF16_BYTES_PER_TOKEN = {
     # 512 x 2 B per entry, 1/4 on CSA layers, 1/128 on HCA ones; the indexer's 132 B at 1/4.
     "deepseek-v4-flash": 1024 * 43 + 1024 * 21 // 4 + 132 * 21 // 4 + 1024 * 20 // 128,  # 50,261
     "deepseek-v4-pro": 1024 * 61 + 1024 * 30 // 4 + 132 * 30 // 4 + 1024 * 31 // 128,  # 71,382
+    # hybrid_override_pattern: 6 attention layers (*), K + V of 2 KV heads x 128; Mamba2 and MoE blocks
+    # hold nothing per token
+    "nemotron-3-nano-30b-a3b": 2 * 2 * 128 * 2 * 6,  # 6,144
+    "minimax-m1": 2 * 8 * 128 * 2 * 10,  # 10 softmax layers of 80: 40,960
+}
+
+# Recurrent state per sequence, whatever its length (0 for every other model), worked from the configs:
+# conv state (channels x conv_kernel) in the cache dtype, recurrent state in fp32.
+EXPECTED_STATE_BYTES_PER_SEQUENCE = {
+    # 23 Mamba2 layers: conv over 64 heads x 64 + 2 x 8 groups x d_state 128 = 6,144 channels x 4 in bf16,
+    # state 64 x 64 x 128 in fp32
+    "nemotron-3-nano-30b-a3b": 23 * ((64 * 64 + 2 * 8 * 128) * 4 * 2 + 64 * 64 * 128 * 4),  # 49,364,992
+    # 70 lightning layers: 64 heads x 128 x 128 in the cache dtype (bf16), no conv
+    "minimax-m1": 70 * 64 * 128 * 128 * 2,  # 146,800,640
 }
 
 # (sliding layers, window) as the published configs define them.
@@ -73,6 +87,7 @@ EXPECTED_WINDOWS = {
 
 def test_catalog_holds_the_required_models():
     assert set(bundled_names()) == set(EXPECTED_BF16_BYTES_PER_TOKEN)
+    assert set(EXPECTED_STATE_BYTES_PER_SEQUENCE) == {n for n in bundled_names() if load_bundled(n).recurrent}
 
 
 @pytest.mark.parametrize("name", bundled_names())
@@ -85,6 +100,7 @@ def test_bundled_spec(name):
     assert spec.params is None or spec.params > 10**9
     fp = footprint(spec, Options(seq_len=1))
     assert fp.bytes_per_token == EXPECTED_BF16_BYTES_PER_TOKEN[name]
+    assert fp.state_bytes_per_sequence == EXPECTED_STATE_BYTES_PER_SEQUENCE.get(name, 0)
     sliding = spec.layer_counts["sliding"]
     assert (sliding, spec.sliding_window) == EXPECTED_WINDOWS.get(name, (0, None))
 
@@ -161,3 +177,11 @@ def test_invalid_spec_names_file_field_and_value(replace, message):
 
     with pytest.raises(SpecError, match=message):
         parse_spec(MINIMAL_SPEC.replace(*replace), "f.yaml")
+
+
+def test_minimax_m1_lays_out_its_layers_as_its_attn_type_list():
+    """MiniMax-M1's published attn_type_list (github.com/MiniMax-AI/MiniMax-M1 at 2abb4f4, config.json)
+    is 1 at layers 7, 15, ..., 79: softmax attention there, lightning attention elsewhere."""
+    spec = load_bundled("minimax-m1")
+    assert [i for i, kind in enumerate(spec.layer_kinds) if kind == "full"] == list(range(7, 80, 8))
+    assert spec.layer_counts["recurrent"] == 70

@@ -117,7 +117,7 @@ def test_list(cli):
     status, out, _ = cli("list", "-f", "json")
     assert status == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert len(rows) == 36
+    assert len(rows) == 38
     assert rows["llama-4-scout"]["chunked_layers"] == 36
     assert rows["gemma-4-e4b"]["shared_layers"] == 18
     assert rows["deepseek-v3"]["bytes_per_token"] == 70_272

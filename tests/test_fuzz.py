@@ -57,8 +57,9 @@ SPECS["hybrid-spec"] = {
     "layer_pattern": ["recurrent", "mlp", "recurrent", "full"],
     "recurrent": {"kind": "mamba2", "num_heads": 4, "head_dim": 8, "d_state": 16, "n_groups": 2, "conv_kernel": 4}}
 DOCS = {"spec": SPECS, "hf": CONFIGS}
-OPTIONAL = {"nemotron-h": {"num_hidden_layers"}}
-"""Fields a family derives, where others require them (Nemotron-H's layer count: its layer list)."""
+OPTIONAL = {"nemotron_h": {"num_hidden_layers"}}
+"""Fields a family (by model_type) derives, where others require them (Nemotron-H's layer count: its
+layer list)."""
 
 
 class _Delete:
@@ -277,7 +278,7 @@ def fuzz_case(kind: str, name: str, path: tuple, value) -> None:
     # Every key of a bundled spec is a schema field; a config holds keys kvcalc never reads.
     field = path[-1] if kind == "spec" else hf_field(doc, path)
     required, blame, no_cache = RULES[kind]
-    required = required - OPTIONAL.get(name, set())
+    required = required - OPTIONAL.get(doc.get("model_type"), set())
     if kind == "spec" and _parent(doc, path).get("kind") == "standard":
         required = required - {"v_head_dim"}  # standard attention's V defaults to head_dim
     figure = baseline(kind, name) if field is None or field in no_cache else None

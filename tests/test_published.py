@@ -30,9 +30,33 @@ READ = {
 }
 
 
+# Linear-attention and Mamba hybrids -- file: (bf16 bytes per token, recurrent state bytes per sequence;
+# layers of each kind)
+READ_RECURRENT = {
+    "nemotron-3-nano-30b-a3b-bf16": (6_144, 49_364_992, {"recurrent": 23, "full": 6, "mlp": 23}),
+}
+RECURRENT_KINDS = {"full_attention": "full", "linear_attention": "recurrent", "dummy": "mlp"}
+"""transformers' cache layer types of these families: a Nemotron-H MoE or MLP block is a dummy layer."""
+MIXER_FIELDS = {
+    "nemotron_h": {"num_heads": "mamba_num_heads", "head_dim": "mamba_head_dim", "d_state": "ssm_state_size",
+                   "n_groups": "n_groups", "conv_kernel": "conv_kernel"},
+}
+"""Where transformers' config class keeps each field of kvcalc's mixer."""
+
+
 def read(name: str):
     path = DATA / f"{name}.json"
     return parse_spec(path.read_text(), str(path)), json.loads(path.read_text())
+
+
+def assert_read_as_transformers_reads_it(spec, config: dict) -> None:
+    """Every layer's kind, the attention and the mixer, as transformers' config and cache hold them."""
+    text = AutoConfig.for_model(**config).get_text_config()
+    types, _ = get_layer_types_and_kwargs(text)
+    assert [RECURRENT_KINDS[t] for t in types] == [str(k) for k in spec.layer_kinds]
+    assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (text.num_key_value_heads, text.head_dim)
+    fields = MIXER_FIELDS[text.model_type]
+    assert {k: getattr(spec.recurrent, k) for k in fields} == {k: getattr(text, v) for k, v in fields.items()}
 
 
 def transformers_layers(config: dict) -> list[tuple[str, int | None, int | None, int | None]]:
@@ -81,6 +105,38 @@ def test_the_catalog_holds_what_the_published_config_says(name, bundled):
         ours.sliding_window, ours.attention_chunk_size, ours.mtp_layers, ours.max_position_embeddings)
 
 
+@pytest.mark.parametrize("name", sorted(READ_RECURRENT))
+def test_published_hybrid_config_is_read_as_transformers_reads_it(name):
+    spec, config = read(name)
+    bytes_per_token, state_bytes, counts = READ_RECURRENT[name]
+    assert {str(k): n for k, n in spec.layer_counts.items()} == counts
+    fp = footprint(spec, Options(1000))
+    assert (fp.bytes_per_token, fp.state_bytes_per_sequence) == (bytes_per_token, state_bytes)
+    assert_read_as_transformers_reads_it(spec, config)
+
+
+def _figures(spec, options: Options) -> tuple[int, int, int] | str:
+    """Bytes per token, state bytes per sequence and the total; or the engine's refusal."""
+    try:
+        fp = footprint(spec, options)
+    except OptionError as e:
+        return str(e)
+    return fp.bytes_per_token, fp.state_bytes_per_sequence, fp.total_bytes
+
+
+@pytest.mark.parametrize("engine", [None, "transformers", "vllm", "sglang", "llama.cpp"])
+@pytest.mark.parametrize(("name", "bundled"), [("nemotron-3-nano-30b-a3b-bf16", "nemotron-3-nano-30b-a3b")])
+def test_the_catalog_holds_the_state_the_published_config_says(name, bundled, engine):
+    """The bundled spec and the published config: the same layers, mixer and attention, and the same
+    figures on each engine (or the same refusal)."""
+    spec, _ = read(name)
+    ours = load_bundled(bundled)
+    assert (ours.layer_kinds, ours.recurrent, ours.attention) == (spec.layer_kinds, spec.recurrent, spec.attention)
+    assert (ours.architecture, ours.max_position_embeddings) == (spec.architecture, spec.max_position_embeddings)
+    options = Options(32_768, batch=2, engine=engine)
+    assert _figures(ours, options) == _figures(spec, options)
+
+
 def test_gemma4_full_layers_take_the_global_shape():
     spec, _ = read("gemma-4-26b-a4b")
     full, sliding = spec.attention_for("full"), spec.attention_for("sliding")
@@ -114,7 +170,7 @@ def test_vllm_pages_of_different_sizes_are_refused():
     assert footprint(spec, Options(1000, engine="sglang")).bytes_per_token == 225_280
 
 
-@pytest.mark.parametrize("name", sorted(READ))
+@pytest.mark.parametrize("name", sorted({*READ, *READ_RECURRENT}))
 def test_import_writes_a_spec_that_reads_back_the_same(cli, tmp_path, name):
     target = tmp_path / "spec.yaml"
     status, _, _ = cli("import", str(DATA / f"{name}.json"), "-o", str(target))

@@ -51,8 +51,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
 
 class Mixer(nn.Module):
-    """A recurrent token mixer (what every layer here shares): a ``StateCache`` allocated for a batch, or made by a whole-sequence forward
-    that runs without one."""
+    """A recurrent token mixer (what every layer here shares): a ``StateCache`` allocated for a
+    batch, or made by a whole-sequence forward that runs without one."""
 
     conv_shape: tuple[int, int] | None = None
     """(channels, kernel) of the short convolution; None: none."""
