@@ -435,10 +435,11 @@ def _prepared(spec: ModelSpec, options: Options):
                               "least 1")
     if options.state_dtype is not None:
         _check_state_dtype(options.state_dtype, engine, spec)
+    attends = any(counts[k] for k in LayerKind if k not in (*NO_CACHE_KINDS, LayerKind.RECURRENT))
     engine.check(fmt.name, is_mla, has_indexer=dsa, shared=bool(counts[LayerKind.SHARED]),
                  chunked=bool(counts[LayerKind.CHUNKED]), kind_shapes=len(spec.attentions) > 1,
                  compressed=compressed, recurrent=spec.recurrent is not None,
-                 attends=any(counts[k] for k in LayerKind if k not in (*NO_CACHE_KINDS, LayerKind.RECURRENT)))
+                 attends=attends)
     windowed = bool(counts[LayerKind.SLIDING] or counts[LayerKind.CHUNKED])
     engine = engine.for_architecture(spec.architecture, windowed)
     if compressed:
@@ -461,6 +462,9 @@ def _prepared(spec: ModelSpec, options: Options):
         for stage in stage_layer_counts(spec, par.pp, mtp)
     )
     blocks = None
+    if spec.recurrent is not None and (engine.state_slots or engine.block_pool) and not attends:
+        raise OptionError(f"--engine {engine.name}: how it serves a model without attention layers (every "
+                          f"layer {spec.recurrent.kind}) is not modelled")
     if mtp and spec.recurrent is not None and (engine.state_slots or engine.block_pool):
         raise OptionError(f"--mtp: {engine.name} decodes MTP drafts with extra state per recurrent layer "
                           "(num_speculative_tokens more conv inputs and state blocks in vLLM, intermediate "
@@ -565,7 +569,7 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, options: Options
     channels = conv_channels_on_rank(mixer, tp) if tp > 1 else mixer.conv_channels
     conv = (mixer.conv_kernel - 1) * channels * 2
     state = math.prod(f.size for f in state_factors(mixer)) // tp * _DTYPE_BYTES[dtype]
-    attends = next(g for groups in stages for g in groups if g.kind in (LayerKind.FULL, LayerKind.HYBRID))
+    attends = next(g for groups in stages for g in groups if g.kind is not LayerKind.RECURRENT)
     token = sum(r.bytes for r in attends.rows if r.growth is not Growth.STATE)
     block = max(16, 16 * ceil_div(align * ceil_div(conv + state, align * token), 16))
     page = block * token

@@ -102,8 +102,10 @@ def parse_data(text: str, origin: str) -> Any:
     """Plain data (dicts, lists, str, int, float, bool, None) from JSON or strict YAML text."""
     try:
         if origin.lower().endswith(".json"):
-            data = json.loads(text, object_pairs_hook=_checked_object, parse_constant=_Unreadable.constant,
-                              parse_int=_Unreadable.integer)
+            # NaN and Infinity are read as floats: published configs hold them in fields kvcalc
+            # never reads (Nemotron-H's time_step_limit [0.0, Infinity]); a field it reads checks
+            # its own type and range, and refuses them by name.
+            data = json.loads(text, object_pairs_hook=_checked_object, parse_int=_Unreadable.integer)
             _refuse_unreadable(data)
             return data
         return yaml.load(text, Loader=StrictLoader)
@@ -122,15 +124,11 @@ class _JsonProblem(ValueError):
 
 
 class _Unreadable:
-    """A JSON value kvcalc will not read (NaN, Infinity, an integer of thousands of digits), kept
-    until its key is known so that the error can name the field."""
+    """A JSON value kvcalc will not read (an integer of thousands of digits), kept until its key is
+    known so that the error can name the field."""
 
     def __init__(self, problem: str) -> None:
         self.problem = problem
-
-    @classmethod
-    def constant(cls, name: str) -> _Unreadable:
-        return cls(f"{name} is not a number JSON allows")
 
     @classmethod
     def integer(cls, text: str) -> int | _Unreadable:

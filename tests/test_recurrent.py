@@ -539,3 +539,12 @@ def test_state_dtype_is_the_serving_engines_flag(tmp_path, cli):
         model = [] if args[0] == "llama-3.1-8b" else [str(path)]
         status, _, err = cli("show", *model, *args)
         assert status == 2 and message in err
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_serving_engines_refuse_a_model_without_attention(tmp_path, engine):
+    """Granite-4.0-H's all-Mamba default: neither engine's hybrid arithmetic applies."""
+    spec = read({"model_type": "granitemoehybrid", "architectures": ["GraniteMoeHybridForCausalLM"],
+                 "num_hidden_layers": 4, "hidden_size": 1024, "num_attention_heads": 8}, tmp_path)
+    with pytest.raises(OptionError, match="how it serves a model without attention layers .* is not modelled"):
+        footprint(spec, Options(10, engine=engine))
