@@ -363,6 +363,12 @@ MemUtilOpt = Annotated[
                            "mem_fraction_static, which it picks per GPU (0.903 for GQA on one H200): "
                            "give the value its server_args line logs.")
 ]
+MambaRatioOpt = Annotated[
+    float | None,
+    typer.Option("--mamba-full-memory-ratio", min=0.001, max=1000.0,
+                 help="SGLang: the recurrent state pool's share of the KV budget, ratio / (1 + ratio) "
+                      "\\[default: 0.9, SGLang's]."),
+]
 ReserveOpt = Annotated[
     str | None,
     typer.Option("--reserve", help="Activations and runtime per GPU \\[default: per engine, see README]."),
@@ -393,6 +399,7 @@ def fit_command(
     dp_attention: DpAttentionOpt = 1,
     mem_util: MemUtilOpt = None,
     reserve: ReserveOpt = None,
+    mamba_full_memory_ratio: MambaRatioOpt = None,
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
@@ -406,7 +413,7 @@ def fit_command(
                       max_num_batched_tokens, state_dtype)
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
-                 mem_util=mem_util, reserve_bytes=reserve_bytes)
+                 mem_util=mem_util, reserve_bytes=reserve_bytes, state_ratio=mamba_full_memory_ratio)
     if fmt in (OutputFormat.JSON, OutputFormat.CSV):
         text = render(views.FIT_COLUMNS, [result], fmt)
     else:

@@ -157,8 +157,11 @@ def fit(
     weights_dtype: str | None = None,
     mem_util: str | None = None,
     reserve_bytes: int | None = None,
+    state_ratio: float | None = None,
 ) -> Fit:
     """The budget breakdown and capacity answers for ``spec`` served as ``options`` describes.
+
+    ``state_ratio`` is SGLang's --mamba-full-memory-ratio (None: its 0.9).
 
     Under vLLM the answers are its own: concurrency and the longest context from the blocks it
     reserves to admit a request (``VllmCapacity``), with max_num_batched_tokens at vLLM's default for
@@ -182,7 +185,13 @@ def fit(
     cap = spec.max_position_embeddings
     in_flight = in_flight_tokens(options)
     vllm = vllm_capacity(c, budget, options.seq_len, in_flight) if fits and c.block_bytes else None
-    pools = sglang_pools(c, budget, options.seq_len) if fits and c.engine.name.startswith("sglang") else None
+    sglang = c.engine.name.startswith("sglang")
+    if state_ratio is not None and not (sglang and c.per_gpu_state_bytes):
+        raise OptionError(f"--mamba-full-memory-ratio {state_ratio:g}: SGLang's split between a hybrid's "
+                          "recurrent state and its KV cache; it needs --engine sglang and a model with "
+                          "recurrent layers")
+    ratio = MAMBA_FULL_MEMORY_RATIO if state_ratio is None else state_ratio
+    pools = sglang_pools(c, budget, options.seq_len, ratio) if fits and sglang else None
     if pools is not None and pools.state_slots is not None:
         tokens = ceil_div(options.seq_len, page) * page
         max_tokens = pools.full_tokens
@@ -299,6 +308,8 @@ class SglangPools:
     """What the state pool takes: (slots + 1) x a request's state."""
     max_running: int | None = None
     """max_running_requests for requests of the served context (with state: capped at slots // 5)."""
+    state_ratio: float = MAMBA_FULL_MEMORY_RATIO
+    """--mamba-full-memory-ratio: the state pool's share is ratio / (1 + ratio)."""
 
     @property
     def own_rules(self) -> bool:
@@ -327,10 +338,10 @@ class SglangPools:
                 "request must also find its window plus a prefill chunk free in the SWA pool "
                 "(managers/schedule_policy.py PrefillAdder)")
         if self.state_slots is not None:
-            ratio = MAMBA_FULL_MEMORY_RATIO
+            ratio = self.state_ratio
             notes.append(
-                f"SGLang gives the recurrent state {ratio}/{1 + ratio} of the budget first "
-                f"(mamba_full_memory_ratio {ratio}): {self.state_slots:,} slots + 1 padding slot, "
+                f"SGLang gives the recurrent state {ratio:g} / {1 + ratio:g} of the budget first "
+                f"(--mamba-full-memory-ratio {ratio:g}): {self.state_slots:,} slots + 1 padding slot, "
                 f"{self.state_bytes:,} B; the KV pool "
                 "(attention layers only) gets the rest, and max_running_requests is capped at slots // "
                 f"{MAMBA_SLOTS_PER_REQUEST} (mem_cache/kv_cache_configurator.py _handle_max_mamba_cache, "
@@ -338,7 +349,8 @@ class SglangPools:
         return notes
 
 
-def sglang_pools(c: Curve, budget: int, context_len: int) -> SglangPools:
+def sglang_pools(c: Curve, budget: int, context_len: int, state_ratio: float = MAMBA_FULL_MEMORY_RATIO
+                 ) -> SglangPools:
     """SGLang's pools for ``budget`` bytes per GPU: tokens = budget // bytes per token, in whole
     pages; for a hybrid SWA model (its window rule ``POOL_SHARE``) the full pool's tokens from
     budget // (full bytes + 0.8 x sliding bytes per token), in SGLang's own float arithmetic, and the
@@ -348,7 +360,7 @@ def sglang_pools(c: Curve, budget: int, context_len: int) -> SglangPools:
     per_request = c.per_gpu_state_bytes
     if per_request:
         rest = budget / GIB
-        pool = rest * MAMBA_FULL_MEMORY_RATIO / (1 + MAMBA_FULL_MEMORY_RATIO) * GIB
+        pool = rest * state_ratio / (1 + state_ratio) * GIB
         slots = int((pool - per_request) // per_request)
         if slots <= 0:
             raise OptionError(f"SGLang: a KV budget of {budget:,} B leaves no slot for a request's "
@@ -359,7 +371,7 @@ def sglang_pools(c: Curve, budget: int, context_len: int) -> SglangPools:
         tokens = kv // c.per_gpu_bytes_per_token // page * page
         running = min(max(min(int(tokens / context_len * 512), 4096), 2048), tokens // 2,
                       slots // MAMBA_SLOTS_PER_REQUEST)
-        return SglangPools(tokens, None, slots, state, running)
+        return SglangPools(tokens, None, slots, state, running, state_ratio)
     if c.engine.window_rule is not WindowRule.POOL_SHARE:
         return SglangPools(budget // c.per_gpu_bytes_per_token // page * page, None)
     full = []

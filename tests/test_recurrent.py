@@ -548,3 +548,20 @@ def test_serving_engines_refuse_a_model_without_attention(tmp_path, engine):
                  "num_hidden_layers": 4, "hidden_size": 1024, "num_attention_heads": 8}, tmp_path)
     with pytest.raises(OptionError, match="how it serves a model without attention layers .* is not modelled"):
         footprint(spec, Options(10, engine=engine))
+
+
+def test_sglang_state_share_follows_mamba_full_memory_ratio(tmp_path, cli):
+    """A smaller state pool leaves the KV pool more tokens, until slots // 5 caps the requests."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN3_NEXT_80B))
+    args = ("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--engine", "sglang",
+            "--mem-fraction-static", "0.903", "--format", "json")
+    status, out, _ = cli(*args, "--mamba-full-memory-ratio", "0.2")
+    (row,) = json.loads(out)
+    budget = row["kv_budget_bytes_per_gpu"]
+    slots = int((budget / 2**30 * 0.2 / 1.2 * 2**30 - 77_266_944) // 77_266_944)
+    tokens = int((budget / 2**30 - (slots + 1) * 77_266_944 / 2**30) * 2**30) // 24_576
+    assert status == 0 and (row["max_tokens"], row["max_concurrency"]) == (tokens, slots // 5)
+    assert slots // 5 < tokens // 32_768  # the slots cap it, not the tokens
+    status, _, err = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--mamba-full-memory-ratio", "0.2")
+    assert status == 2 and "it needs --engine sglang and a model with recurrent layers" in err
