@@ -470,6 +470,9 @@ def _prepared(spec: ModelSpec, options: Options):
                           "(num_speculative_tokens more conv inputs and state blocks in vLLM, intermediate "
                           "state in SGLang): not modelled")
     if engine.state_slots and spec.recurrent is not None:
+        if par.dcp > 1:
+            raise OptionError(f"--dcp {par.dcp}: how SGLang splits a hybrid's state pool under decode "
+                              "context parallelism is not modelled")
         engine, whole, stage_groups = _sglang_state(spec, engine, whole, stage_groups, options.state_dtype)
     if engine.block_pool and spec.recurrent is not None:
         engine, whole, stage_groups = _vllm_state(spec, engine, whole, stage_groups, options)
@@ -561,6 +564,10 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, options: Options
     if block_size is not None:
         raise OptionError(f"--block-size {block_size}: vLLM sets a hybrid model's attention block size "
                           "itself (to hold the recurrent state's page)")
+    if options.parallel.dcp > 1:
+        raise OptionError(f"--dcp {options.parallel.dcp}: vLLM does not run recurrent layers with decode "
+                          "context parallelism (v1/core/single_type_kv_cache_manager.py: \"DCP not support "
+                          "mamba now.\")")
     align, checkpoint = VLLM_STATE[name]
     if isinstance(spec.attention, MlaAttention):
         align = max(align, 128)

@@ -565,3 +565,11 @@ def test_sglang_state_share_follows_mamba_full_memory_ratio(tmp_path, cli):
     assert slots // 5 < tokens // 32_768  # the slots cap it, not the tokens
     status, _, err = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--mamba-full-memory-ratio", "0.2")
     assert status == 2 and "it needs --engine sglang and a model with recurrent layers" in err
+
+
+def test_serving_engines_refuse_dcp_beside_state(tmp_path):
+    spec = read(QWEN3_NEXT_80B, tmp_path)
+    with pytest.raises(OptionError, match="--dcp 2: vLLM does not run recurrent layers with decode context"):
+        footprint(spec, Options(10, engine="vllm", parallel=Parallel(tp=2, dcp=2)))
+    with pytest.raises(OptionError, match="--dcp 2: how SGLang splits a hybrid's state pool under decode"):
+        footprint(spec, Options(10, engine="sglang", parallel=Parallel(tp=2, dcp=2)))
