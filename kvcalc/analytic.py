@@ -417,8 +417,16 @@ def _layout_name(spec: ModelSpec, cache: MlaCache | None) -> str:
     return COMPRESSED_LAYOUT if isinstance(spec.attention, CompressedAttention) else STANDARD_LAYOUT
 
 
+def with_default_engine(spec: ModelSpec, options: Options) -> Options:
+    """``options`` with the spec's own engine (a GGUF file's llama.cpp) where --engine is not given."""
+    if options.engine is None and spec.default_engine is not None:
+        return replace(options, engine=spec.default_engine)
+    return options
+
+
 def _prepared(spec: ModelSpec, options: Options):
     """(curve, MLA cache, format, MTP layers counted) after checking every option."""
+    options = with_default_engine(spec, options)
     attn = spec.attention
     is_mla = isinstance(attn, MlaAttention)
     fmt = get_format(options.kv_dtype)

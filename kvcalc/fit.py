@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-from kvcalc.analytic import Curve, Options, curve, in_flight_tokens
+from kvcalc.analytic import Curve, Options, curve, in_flight_tokens, with_default_engine
 from kvcalc.engines import (
     SWA_FULL_TOKENS_RATIO,
     WindowRule,
@@ -124,14 +124,18 @@ def gpu_budget(
     reserve_bytes: int | None = None,
 ) -> Budget:
     """The KV budget per GPU of ``spec`` served as ``options`` describes (engine, tp x pp); weights
-    in ``weights_dtype``, else as the checkpoint stores them (``resolved_weights_dtype``)."""
-    weights_dtype = resolved_weights_dtype(spec, weights_dtype)
-    if spec.params is None:
-        raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
+    as params x ``weights_dtype`` when given, else the checkpoint's own bytes where the spec states
+    them (``weights_bytes``), else params x the checkpoint's format (``resolved_weights_dtype``)."""
     par = options.parallel
-    engine = get_engine(options.engine).name.split("@")[0]
+    if weights_dtype is None and spec.weights_bytes is not None:
+        total = spec.weights_bytes
+    elif spec.params is None:
+        raise OptionError(f"{spec.name}: no parameter count (params) to size the weights from")
+    else:
+        total = weights_bytes(spec.params, resolved_weights_dtype(spec, weights_dtype))
+    engine = get_engine(with_default_engine(spec, options).engine).name.split("@")[0]
     reserve = RESERVE_BYTES[engine] if reserve_bytes is None else reserve_bytes
-    weights = -(-weights_bytes(spec.params, weights_dtype) // (par.tp * par.pp))
+    weights = -(-total // (par.tp * par.pp))
     return Budget(int(gpu_mem_bytes * _mem_util(mem_util)), weights, reserve)
 
 
@@ -166,6 +170,7 @@ def fit(
     Under vLLM the answers are its own: concurrency and the longest context from the blocks it
     reserves to admit a request (``VllmCapacity``), with max_num_batched_tokens at vLLM's default for
     the GPU unless ``options`` gives it."""
+    options = with_default_engine(spec, options)
     if options.engine and get_engine(options.engine).block_pool and options.max_num_batched_tokens is None:
         options = replace(options, max_num_batched_tokens=vllm_batched_tokens(gpu_name, gpu_mem_bytes))
     c = curve(spec, options)
@@ -173,7 +178,9 @@ def fit(
     given = weights_dtype
     given_util, mem_util = mem_util, mem_util or DEFAULT_MEM_UTIL
     weights_dtype = resolved_weights_dtype(spec, given)
-    b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=weights_dtype,
+    if given is None and spec.weights_bytes is not None:
+        weights_dtype = spec.weights_dtype or "as stored"
+    b = gpu_budget(spec, options, gpu_mem_bytes=gpu_mem_bytes, weights_dtype=given,
                    mem_util=mem_util, reserve_bytes=reserve_bytes)
     usable, weights, reserve, budget = b.usable_bytes, b.weights_bytes_per_gpu, b.reserve_bytes, b.kv_bytes
     rate = c.per_gpu_bytes_per_token
@@ -210,7 +217,7 @@ def fit(
         concurrency = _largest(lambda n: c.peak_per_gpu_bytes(options.seq_len, n) <= budget) if fits else 0
         context = longest_context(c, budget, limit=cap) if fits else 0
     capped = fits and cap is not None and context == cap
-    smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, weights_dtype, mem_util, reserve)
+    smallest = None if fits else _smallest_tp(spec, options, gpu_mem_bytes, given, mem_util, reserve)
     own_rules = vllm is not None or (pools is not None and pools.own_rules)
     notes = _notes(spec, c, fits, smallest, weights, usable, reserve, given, own_rules)
     if vllm is not None:
@@ -499,7 +506,10 @@ def _notes(spec, c, fits: bool, smallest, weights: int, usable: int, reserve: in
     if c.per_gpu_state_bytes and not own_rules:
         notes.append(f"tokens that fit count K/V only; each sequence also holds {c.per_gpu_state_bytes:,} B "
                      "of recurrent state whatever its length, which concurrency and context count")
-    if given is None:
+    if given is None and spec.weights_bytes is not None:
+        notes.append(f"weights {spec.weights_bytes:,} B as the checkpoint states them (weights_bytes); "
+                     "--weights-dtype counts params x a format instead")
+    elif given is None:
         source = (f"as {spec.name} publishes them (its weights_dtype)" if spec.weights_dtype
                   else "assumed: the spec does not say how its checkpoint stores them")
         notes.append(f"weights {resolved_weights_dtype(spec, None)}: {source}; --weights-dtype overrides")

@@ -123,6 +123,8 @@ class ModelSpecFile(_Frozen):
     hidden_size: _size("hidden_size")
     params: _size("params") | None = None
     weights_dtype: str | None = None
+    weights_bytes: _size("weights_bytes") | None = None
+    default_engine: str | None = None
     max_position_embeddings: _size("max_position_embeddings") | None = None
     mtp_layers: _size("mtp_layers", low=0) = 0
     attention: AttentionFile

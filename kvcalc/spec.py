@@ -64,7 +64,7 @@ BOUNDS: dict[str, int] = {
     "kv_lora_rank": MAX_DIM, "qk_nope_head_dim": MAX_DIM, "qk_rope_head_dim": MAX_DIM,
     "index_head_dim": MAX_DIM, "index_n_heads": MAX_HEADS, "csa_rate": MAX_TOKENS, "hca_rate": MAX_TOKENS,
     "sliding_window": MAX_TOKENS, "attention_chunk_size": MAX_TOKENS, "max_position_embeddings": MAX_TOKENS,
-    "params": MAX_PARAMS,
+    "params": MAX_PARAMS, "weights_bytes": 8 * MAX_PARAMS,
 }
 """The largest value each size may take: far above any real model (the largest have ~200 layers,
 128 heads, hidden sizes near 25k, 10M positions), low enough that no input makes kvcalc build a
@@ -362,6 +362,11 @@ class ModelSpec:
     weights_dtype: str | None = None
     """How the published checkpoint stores its weights (``formats.WEIGHT_FORMATS``: bf16,
     fp8-block ...), for ``fit``; None: not said (one format for every weight only)."""
+    weights_bytes: int | None = None
+    """The checkpoint's weights exactly, where it states them (model.safetensors.index.json's
+    metadata.total_size, a GGUF file's tensor table): ``fit`` uses them over params x dtype."""
+    default_engine: str | None = None
+    """The engine a spec's figures are for unless --engine says otherwise (a GGUF file: llama.cpp)."""
     max_position_embeddings: int | None = None
     mtp_layers: int = 0
     """Multi-token-prediction layers (``num_nextn_predict_layers``): full-attention layers of the
@@ -383,8 +388,15 @@ class ModelSpec:
         if self.architecture is not None and not ARCHITECTURE_PATTERN.match(self.architecture):
             raise ValueError(f"architecture: {self.architecture!r} is not a model class name")
         _check_positive(num_layers=self.num_layers, sublayers=self.sublayers, hidden_size=self.hidden_size,
-                        params=self.params, max_position_embeddings=self.max_position_embeddings,
+                        params=self.params, weights_bytes=self.weights_bytes,
+                        max_position_embeddings=self.max_position_embeddings,
                         sliding_window=self.sliding_window, attention_chunk_size=self.attention_chunk_size)
+        if self.default_engine is not None:
+            from kvcalc.engines import engine_names
+
+            if self.default_engine not in engine_names():
+                raise ValueError(f"default_engine: {self.default_engine!r} is not one of "
+                                 f"{', '.join(engine_names())}")
         if self.weights_dtype is not None and self.weights_dtype not in WEIGHT_FORMATS:
             raise ValueError(f"weights_dtype: {self.weights_dtype!r} is not one of "
                              f"{', '.join(WEIGHT_FORMATS)}")
@@ -533,7 +545,8 @@ class ModelSpec:
         }
         data["recurrent"] = None if self.recurrent is None else self.recurrent.to_dict()
         for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None),
-                             ("architecture", None), ("weights_dtype", None), ("recurrent", None)):
+                             ("architecture", None), ("weights_dtype", None), ("recurrent", None),
+                             ("weights_bytes", None), ("default_engine", None)):
             if data[key] == default:
                 del data[key]
         for key in ("layer_pattern", "layer_types"):
