@@ -278,22 +278,26 @@ class Curve:
 
     def total_bytes(self, seq_len: int, batch: int = 1) -> int:
         """The whole cache: every layer, every head, every sequence, one copy."""
+        check_lengths(seq_len, batch)
         return _bytes(self.whole_terms, self.engine, seq_len, batch)
 
     def per_gpu_bytes(self, seq_len: int, batch: int = 1) -> int:
         """What the fullest GPU holds."""
+        check_lengths(seq_len, batch)
         tokens, seqs = self._per_rank(seq_len, batch)
         return max(_bytes(stage, self.engine, tokens, seqs) for stage in self.stage_terms)
 
     def request_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
         """What the engine reserves to admit ``batch`` sequences of ``seq_len`` tokens, the whole
         cache (``admission_cells``); what they hold where it reserves that."""
+        check_lengths(seq_len, batch, in_flight=in_flight)
         if self.block_bytes is None:
             return self.total_bytes(seq_len, batch)
         return _admission_bytes(self.whole_terms, self.engine, seq_len, batch, in_flight)
 
     def request_per_gpu_bytes(self, seq_len: int, batch: int = 1, in_flight: int = 0) -> int:
         """What the fullest GPU reserves to admit ``batch`` sequences of ``seq_len`` tokens (vLLM)."""
+        check_lengths(seq_len, batch, in_flight=in_flight)
         if self.block_bytes is None:
             raise ValueError("only a vLLM curve reserves apart from what it holds")
         tokens, seqs = self._per_rank(seq_len, batch)
@@ -344,6 +348,7 @@ class Curve:
         term, so the peak is at ``seq_len`` or where some n mod R = R - 1; and as the open windows
         repeat every L = lcm of the rates while g grows, at one of those within the last L tokens.
         """
+        check_lengths(seq_len, batch)
         if self.monotone:
             return self.per_gpu_bytes(seq_len, batch)
         rates = sorted({span for growth, span, *_ in self.whole_terms if growth is Growth.OPEN_WINDOW})
@@ -371,6 +376,7 @@ class Curve:
 
     def parts(self, seq_len: int, batch: int, *, per_gpu: bool) -> tuple[Part, ...]:
         """The named parts at one length: the whole cache, or the fullest GPU's share."""
+        check_lengths(seq_len, batch)
         if not per_gpu:
             return _materialise(self.whole, self.engine, seq_len, batch)
         tokens, seqs = self._per_rank(seq_len, batch)
@@ -426,6 +432,7 @@ def with_default_engine(spec: ModelSpec, options: Options) -> Options:
 
 def _prepared(spec: ModelSpec, options: Options):
     """(curve, MLA cache, format, MTP layers counted) after checking every option."""
+    _check_options(options)
     options = with_default_engine(spec, options)
     attn = spec.attention
     is_mla = isinstance(attn, MlaAttention)
@@ -847,6 +854,7 @@ def mha_equivalent(spec: ModelSpec, options: Options) -> Footprint:
     """
     fmt = get_format(options.kv_dtype)
     kv_dtype = fmt.plain if isinstance(fmt, PackedMlaFormat) else options.kv_dtype
+    spec = spec.replace(default_engine=None)  # engine-neutral, whatever engine the spec is for
     neutral = replace(options, kv_dtype=kv_dtype, engine=None, block_size=None, max_num_batched_tokens=None)
     if isinstance(spec.attention, MlaAttention):
         return footprint(spec, replace(neutral, layout=Layout.DECOMPRESSED))
@@ -874,11 +882,37 @@ def _check_dsa_parallel(engine: Engine, par: Parallel) -> None:
                           "across DCP ranks is not modelled")
 
 
+def check_lengths(seq_len: int, batch: int, **more: int) -> None:
+    """Tokens and sequences a curve is evaluated at: whole numbers, none negative (a bool or a
+    float is refused, not counted)."""
+    for name, value in (("seq_len", seq_len), ("batch", batch), *more.items()):
+        if type(value) is not int or value < 0:
+            raise OptionError(f"{name}: {value!r} must be a whole number of "
+                              f"{'sequences' if name == 'batch' else 'tokens'}, 0 or more")
+
+
 def _check_options(options: Options) -> None:
-    if options.seq_len < 1:
-        raise OptionError(f"--seq: {options.seq_len} must be at least 1 token")
-    if options.batch < 1:
-        raise OptionError(f"--batch: {options.batch} must be at least 1")
+    """Every option's type (what the CLI parses; what a Python caller may get wrong) and range."""
+    for name, value in (("seq_len", options.seq_len), ("batch", options.batch)):
+        if type(value) is not int or value < 1:
+            raise OptionError(f"{name}: {value!r} must be a whole number, at least 1")
+    for name, value, optional in (("kv_dtype", options.kv_dtype, False), ("engine", options.engine, True),
+                                  ("state_dtype", options.state_dtype, True)):
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise OptionError(f"{name}: {value!r} must be a string" + (" or None" if optional else ""))
+    for name, value in (("block_size", options.block_size),
+                        ("max_num_batched_tokens", options.max_num_batched_tokens)):
+        if value is not None and type(value) is not int:  # its range: where it is used
+            raise OptionError(f"{name}: {value!r} must be a whole number or None")
+    if options.layout is not None and not isinstance(options.layout, Layout):
+        raise OptionError(f"layout: {options.layout!r} must be a Layout (latent or decompressed) or None")
+    if type(options.mtp) is not bool:
+        raise OptionError(f"mtp: {options.mtp!r} must be True or False")
+    if not isinstance(options.parallel, Parallel):
+        raise OptionError(f"parallel: {options.parallel!r} must be a Parallel")
+    for name, value in options.parallel._options():
+        if type(value) is not int:
+            raise OptionError(f"{name.removeprefix('--')}: {value!r} must be a whole number")
 
 
 

@@ -41,11 +41,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from kvcalc.analytic import Curve, Options, curve
-from kvcalc.catalog import resolve
+from kvcalc.capacity import MAMBA_SLOTS_PER_REQUEST, pool_bytes_per_token, vllm_capacity
+from kvcalc.catalog import bundled_names, resolve
 from kvcalc.engines import DEFAULT_BATCHED_TOKENS, SWA_FULL_TOKENS_RATIO, WindowRule, in_flight_batches
-from kvcalc.errors import KvcalcError, UnknownModelError
-from kvcalc.fit import MAMBA_SLOTS_PER_REQUEST, pool_bytes_per_token, vllm_capacity
-from kvcalc.load import read_bytes
+from kvcalc.errors import KvcalcError, SpecError, UnknownModelError
+from kvcalc.files import read_bytes
 from kvcalc.parallel import Parallel
 from kvcalc.spec import ModelSpec
 
@@ -342,17 +342,18 @@ def _arg(args: str, key: str, path: Path, default: str | None = None) -> str:
 # --- shared -------------------------------------------------------------------------------------
 
 def _spec(model: str | None, logged: str, path: Path) -> ModelSpec:
-    """``--model``, else the log's model: a catalog name, its last path part, or a spec file."""
+    """``--model``, else the log's model: the bundled model its last path part names, else the
+    model itself (a spec file, a folder, a Hugging Face repo id)."""
     if model is not None:
         return resolve(model)
-    candidates = [logged, logged.rstrip("/").rsplit("/", 1)[-1].lower()]
-    for name in candidates:
-        try:
-            return resolve(name)
-        except UnknownModelError:
-            continue
-    raise LogError(f"{path}: the log's model {logged!r} is not a bundled model or a spec file; name one with "
-                   "--model")
+    bundled = logged.rstrip("/").rsplit("/", 1)[-1].lower()
+    if bundled in bundled_names():
+        return resolve(bundled)
+    try:
+        return resolve(logged)
+    except (UnknownModelError, SpecError) as e:
+        raise LogError(f"{path}: the log's model {logged!r} is not a bundled model, and reading it failed "
+                       f"({e}); name one with --model") from None
 
 
 def _setting(line: str, prefix: str, bare: str, missing: str, path: Path, default: str | None) -> str:

@@ -7,11 +7,10 @@ on stderr and exit status 2, in ``main``; ``--debug`` shows the traceback instea
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from typer.core import TyperCommand, TyperGroup
 
 from kvcalc import __version__, views
 from kvcalc.analytic import Layout, Options, compare, footprint, mha_equivalent
-from kvcalc.catalog import bundled_specs, load_spec_file, resolve
+from kvcalc.catalog import bundled_specs, resolve
 from kvcalc.engines import engine_names
 from kvcalc.errors import KvcalcError, OptionError
 from kvcalc.formats import FORMATS
 from kvcalc.parallel import Parallel
-from kvcalc.render import OutputFormat, render, render_lines, terminal_width
+from kvcalc.render import DATA_FORMATS, Column, OutputFormat, render, render_lines, terminal_width
 from kvcalc.spec import MAX_LAYERS, MAX_TOKENS, NAME_PATTERN, MlaAttention, ModelSpec
 from kvcalc.units import (
     humanize_tokens,
@@ -91,7 +90,12 @@ app = typer.Typer(
 )
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Bundled model name (see `kvcalc list`) or path to a spec file.")
+    str, typer.Argument(help="A bundled name (`kvcalc list`), a spec or config file, a GGUF file, a "
+                             "checkpoint folder, a Hugging Face repo id (org/name[@revision]) or - (stdin).")
+]
+ModelsArg = Annotated[
+    list[str], typer.Argument(help="Models: bundled names, spec or config files, GGUF files, folders, "
+                                   "repo ids (org/name), - (stdin).")
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[
@@ -178,8 +182,8 @@ def list_models(
 ) -> None:
     """List the bundled models with their bf16 cache per token."""
     rows = [(s, footprint(s, Options(seq_len=1))) for s in bundled_specs()]
-    _emit(render(views.LIST_COLUMNS, rows, fmt, title="Bundled models (bf16, latent layout)",
-                 width=_width(output)), output)
+    _emit(_text("list", views.LIST_COLUMNS, rows, fmt, output, title="Bundled models (bf16, latent layout)"),
+          output)
 
 
 @app.command(cls=_OnceCommand)
@@ -216,12 +220,12 @@ def show(
                       max_num_batched_tokens, state_dtype)
     fp, mha = footprint(spec, options), mha_equivalent(spec, options)
     lines = explain(spec, fp, mha, with_totals=seq_len is not None)
-    if fmt is OutputFormat.JSON:
-        text = json.dumps(views.show_document(spec, fp, mha, lines, seq_len is not None), indent=2) + "\n"
-    elif explain_ and fmt is not OutputFormat.CSV:
+    if fmt in DATA_FORMATS:
+        text = views.show_data(fmt, spec, fp, mha, lines, seq_len is not None)
+    elif explain_:
         text = render_lines(lines, fmt, width=_width(output))
     else:
-        columns = views.PART_COLUMNS if seq_len else views.PART_COLUMNS_PER_TOKEN
+        columns = views.part_columns(seq_len is not None)
         notes = views.show_notes(fp, mha, seq_len) + [f"assumed: {a}" for a in spec.assumptions]
         notes += [text for text in [shared_layers_text(spec)] if text]
         text = render(columns, fp.parts, fmt, title=lines[0], notes=notes, width=_width(output))
@@ -230,7 +234,7 @@ def show(
 
 @app.command("compare", cls=_OnceCommand)
 def compare_models(
-    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    models: ModelsArg,
     seq: Annotated[
         str, typer.Option("--seq", help="Comma-separated token counts: 4096, 4k, 128k, 1M.")
     ] = "4k,32k,128k",
@@ -260,15 +264,15 @@ def compare_models(
         for n in seq_lens
     ]
     any_mla = any(isinstance(s.attention, MlaAttention) for s in specs)
-    title = views.compare_title(rows[0].footprint, layout, any_mla)
+    title = views.compare_title([r.footprint for r in rows], layout, any_mla)
     notes = sorted({f"{r.footprint.model}: {note}" for r in rows for note in r.footprint.notes})
     columns = views.compare_columns(rows)
-    _emit(render(columns, rows, fmt, title=title, notes=notes, width=_width(output)), output, inputs=models)
+    _emit(_text("compare", columns, rows, fmt, output, title=title, notes=notes), output, inputs=models)
 
 
 @app.command(cls=_OnceCommand)
 def measure(
-    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    models: ModelsArg,
     seq: Annotated[str, typer.Option("--seq", help="Comma-separated token counts.")] = "4k",
     batch: BatchOpt = 1,
     kv_dtype: Annotated[
@@ -341,7 +345,7 @@ def measure(
     ranks = f", tp {tp}: one row per rank, bytes per GPU" if tp > 1 else ""
     title = (f"Measured on {where}, {kv_dtype} cache, batch {batch}{ranks}; "
              "model totals scaled from the layers")
-    _emit(render(columns, rows, fmt, title=title, notes=notes, width=_width(output)), output, inputs=models)
+    _emit(_text("measure", columns, rows, fmt, output, title=title, notes=notes), output, inputs=models)
     if any(r.error or not r.match for r in rows):
         raise typer.Exit(1)
 
@@ -404,7 +408,7 @@ def fit_command(
     output: OutputOpt = None,
 ) -> None:
     """How many tokens, sequences and how long a context fit in a GPU budget."""
-    from kvcalc.fit import check_parallel, fit
+    from kvcalc.capacity import check_parallel, fit
 
     spec = resolve(model)
     name, memory = _gpu_memory(gpu, gpu_mem)
@@ -414,8 +418,8 @@ def fit_command(
     reserve_bytes = parse_bytes(reserve, "--reserve") if reserve is not None else None
     result = fit(spec, options, gpu_name=name, gpu_mem_bytes=memory, weights_dtype=weights_dtype,
                  mem_util=mem_util, reserve_bytes=reserve_bytes, state_ratio=mamba_full_memory_ratio)
-    if fmt in (OutputFormat.JSON, OutputFormat.CSV):
-        text = render(views.FIT_COLUMNS, [result], fmt)
+    if fmt in DATA_FORMATS:
+        text = views.data_text(fmt, "fit", views.FIT_COLUMNS, [result], result.notes)
     else:
         title = (f"{result.display_name} on {result.gpus} x {result.gpu}, {result.engine}, "
                  f"KV {result.kv_dtype}, weights {result.weights_dtype}")
@@ -442,11 +446,8 @@ def check_command(
     from kvcalc.check import check_log
 
     result = check_log(log, model, max_num_batched_tokens, block_size)
-    if fmt is OutputFormat.JSON:
-        rows = json.loads(render(views.CHECK_COLUMNS, result.figures, fmt))
-        text = json.dumps({"engine": result.engine, "version": result.version, "model": result.model,
-                           "logged_model": result.logged_model, "settings": dict(result.settings),
-                           "agrees": result.agrees, "figures": rows}, indent=2) + "\n"
+    if fmt in DATA_FORMATS:
+        text = views.check_data(fmt, result)
     else:
         title = f"{log}: {result.engine} {result.version or ''}".rstrip() + f", {result.model}"
         notes = [f"{key}: {value}" for key, value in result.settings]
@@ -461,7 +462,7 @@ def check_command(
 
 @app.command(cls=_OnceCommand)
 def plot(
-    models: Annotated[list[str], typer.Argument(help="Bundled model names or spec files.")],
+    models: ModelsArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Chart file: .png or .svg.")],
     seq_max: Annotated[str, typer.Option("--seq-max", help="Longest context plotted.")] = "1M",
     gpu: GpuOpt = None,
@@ -485,8 +486,8 @@ def plot(
     """Chart KV cache per GPU against context, with each model's KV budget on the GPU (under vLLM,
     what it reserves to admit the sequences)."""
     from kvcalc.analytic import curve, in_flight_tokens
+    from kvcalc.capacity import gpu_budget, resolved_weights_dtype
     from kvcalc.engines import get_engine, vllm_batched_tokens
-    from kvcalc.fit import gpu_budget, resolved_weights_dtype
     from kvcalc.plot import Series, render_plot
 
     parallel = Parallel(tp, pp, dcp, dp_attention)
@@ -600,7 +601,8 @@ def _progress(total: int) -> Iterator[_Bar]:
 @app.command("import", cls=_OnceCommand)
 def import_config(
     config: Annotated[
-        Path, typer.Argument(help="A Hugging Face config.json or DeepSeek reference config.")
+        str, typer.Argument(help="A config.json, DeepSeek reference config, GGUF file, checkpoint folder, "
+                                 "Hugging Face repo id or - (standard input).")
     ],
     name: Annotated[
         str | None, typer.Option("--name", help="Model name \\[default: from the path].")
@@ -614,8 +616,29 @@ def import_config(
     if name is not None and not NAME_PATTERN.match(name):
         raise OptionError(f"--name: {name!r}: use lowercase letters, digits, '.', '_', '-' (first a letter "
                           "or digit)")
-    spec = load_spec_file(config, name)
-    _emit(views.spec_text(spec, fmt, origin=str(config)), output, inputs=[str(config)])
+    spec = resolve(config)
+    if name is not None:
+        spec = spec.replace(name=name)
+    _emit(views.spec_text(spec, fmt, origin=config), output, inputs=[config])
+
+
+@app.command("schema", cls=_OnceCommand)
+def schema_command(output: OutputOpt = None) -> None:
+    """Print the JSON Schema of every command's --format json output."""
+    from importlib.resources import files
+
+    from kvcalc.contract import SCHEMA_FILE
+
+    _emit(files("kvcalc").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"), output)
+
+
+def _text(command: str, columns: tuple[Column, ...], rows: list, fmt: OutputFormat, output: Path | None,
+          *, title: str, notes: Sequence[str] = ()) -> str:
+    """``rows`` as a table or Markdown under ``title``, or in CSV and JSON as the command's document
+    (``contract.py``); ``notes`` in every format."""
+    if fmt in DATA_FORMATS:
+        return views.data_text(fmt, command, columns, rows, notes)
+    return render(columns, rows, fmt, title=title, notes=notes, width=_width(output))
 
 
 def _width(output: Path | None) -> int | None:

@@ -645,6 +645,8 @@ def name_from_origin(origin: str) -> str:
     stem = parts[-1].rsplit(".", 1)[0] if parts else "model"
     if stem.lower() in ("config", "params") and len(parts) > 1:
         stem = parts[-2]
+        if len(parts) > 3 and parts[-3] == "snapshots" and parts[-4].startswith("models--"):
+            stem = parts[-4].rsplit("--", 1)[-1]  # a Hugging Face cache snapshot: its repo's name
     slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
     return slug or "model"
 

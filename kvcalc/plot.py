@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvcalc.analytic import Curve
+from kvcalc.capacity import longest_context
 from kvcalc.errors import KvcalcError, OptionError
-from kvcalc.fit import longest_context
 from kvcalc.units import humanize_tokens
 
 GIB = 1 << 30

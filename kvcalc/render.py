@@ -1,8 +1,9 @@
 """Rows -> text: an aligned table, CSV, GitHub Markdown or JSON.
 
 Every command describes its output as columns over rows; this module is the only place that turns
-values into text. Machine formats (CSV, JSON) carry raw integers with units in the key
-(``total_bytes``); human formats (table, Markdown) humanise them.
+values into text. Human formats (table, Markdown) humanise the values (``render``); the data formats
+print a command's document (``render_data``, the models in ``contract.py``): JSON whole, CSV its rows,
+raw integers with units in the key (``total_bytes``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class OutputFormat(StrEnum):
     CSV = "csv"
     MARKDOWN = "markdown"
     JSON = "json"
+
+
+DATA_FORMATS = (OutputFormat.CSV, OutputFormat.JSON)
+"""Formats that print a command's document (``contract.py``) instead of a table."""
 
 
 class Kind(StrEnum):
@@ -62,16 +67,14 @@ def render(
     notes: Sequence[str] = (),
     width: int | None = None,
 ) -> str:
-    """Text of ``rows`` in ``fmt``. ``title`` and ``notes`` appear in human formats only.
+    """Text of ``rows`` in a human format (table or Markdown), with ``title`` and ``notes``.
 
     ``width`` (terminal columns) limits the table format only: text cells and headers wrap onto
-    more lines, numbers never do. ``None`` means no limit.
+    more lines, numbers never do. ``None`` means no limit. CSV and JSON go through ``render_data``.
     """
+    if fmt in DATA_FORMATS:
+        raise ValueError(f"{fmt}: a data format prints the command's document (render_data)")
     rows = list(rows)
-    if fmt is OutputFormat.JSON:
-        return json.dumps([_record(columns, r) for r in rows], indent=2) + "\n"
-    if fmt is OutputFormat.CSV:
-        return _csv(columns, rows)
     shown = [c for c in columns if c.human]
     cells = [[_human(c, r) for c in shown] for r in rows]
     if fmt is OutputFormat.MARKDOWN:
@@ -108,17 +111,23 @@ def terminal_width() -> int | None:
     return None
 
 
-def _record(columns: Sequence[Column], row: Any) -> dict[str, Any]:
-    return {c.key: c.value(row) for c in columns if c.data}
+def records(columns: Sequence[Column], rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Each row as ``{key: value}`` over the data columns: what a document's ``rows`` hold."""
+    return [{c.key: c.value(row) for c in columns if c.data} for row in rows]
 
 
-def _csv(columns: Sequence[Column], rows: list[Any]) -> str:
+def render_data(document: dict[str, Any], keys: Sequence[str], fmt: OutputFormat) -> str:
+    """A command's document (plain JSON data) in a data format: JSON whole, indented; CSV its
+    ``rows``, one line per row under the header ``keys``."""
+    if fmt is OutputFormat.JSON:
+        return json.dumps(document, indent=2) + "\n"
+    if fmt is not OutputFormat.CSV:
+        raise ValueError(f"{fmt}: not a data format")
     out = io.StringIO()
-    data = [c for c in columns if c.data]
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(c.key for c in data)
-    for row in rows:
-        writer.writerow(_plain(c.value(row)) for c in data)
+    writer.writerow(keys)
+    for row in document["rows"]:
+        writer.writerow(_plain(row[key]) for key in keys)
     return out.getvalue()
 
 

@@ -1,17 +1,22 @@
 """What each command shows: its columns over its rows, and the few texts built from results.
 
-``render.py`` turns these into a table, CSV, Markdown or JSON; nothing here prints.
+``render.py`` turns these into a table or Markdown; ``data_text`` makes a command's CSV or JSON
+document, checked against its model in ``contract.py`` (a data column's key is its model's field).
+Nothing here prints.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
+from kvcalc import __version__
 from kvcalc.analytic import Comparison, Footprint, Layout
 from kvcalc.plan import Growth
-from kvcalc.render import Column, Kind
+from kvcalc.render import Column, Kind, OutputFormat, records, render_data
 from kvcalc.spec import COMPRESSED_KINDS, LayerKind, ModelSpec
 from kvcalc.units import humanize_bytes, humanize_saving, humanize_tokens
 
@@ -64,16 +69,23 @@ BREAKDOWN_COLUMNS = (
 )
 
 
+def _fit_value(key: str):
+    if key == "mem_util":  # kept as given ("0.903"), printed as a number
+        return lambda f: float(f.mem_util)
+    return lambda f: getattr(f, key)
+
+
 FIT_COLUMNS = tuple(
-    Column(key, key, (lambda k: lambda f: getattr(f, k))(key))
+    Column(key, key, _fit_value(key))
     for key in (
-        "model", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len", "gpu_mem_bytes",
-        "mem_util", "weights_bytes_per_gpu", "reserve_bytes", "kv_budget_bytes_per_gpu",
-        "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens", "max_concurrency", "max_context",
-        "context_capped", "weights_fit", "smallest_tp", "max_num_batched_tokens", "request_bytes_per_gpu",
-        "engine_log",
+        "model", "display_name", "gpu", "gpus", "engine", "kv_dtype", "weights_dtype", "seq_len",
+        "gpu_mem_bytes", "mem_util", "usable_bytes", "weights_bytes_per_gpu", "reserve_bytes",
+        "kv_budget_bytes_per_gpu", "kv_bytes_per_token_per_gpu", "page_tokens", "max_tokens",
+        "max_concurrency", "max_context", "context_capped", "weights_fit", "smallest_tp",
+        "max_num_batched_tokens", "request_bytes_per_gpu", "engine_log",
     )
 )
+"""``fit``'s one data row; the table is ``breakdown``."""
 
 
 CHECK_COLUMNS = (
@@ -111,13 +123,14 @@ MEASURE_COLUMNS = (
 
 
 def measure_columns(tp: int, cuda: bool) -> tuple[Column, ...]:
-    """The measure table: a Rank column under tensor parallelism, the allocator's view on CUDA."""
+    """The measure table: a Rank column under tensor parallelism, the allocator's view on CUDA (CSV
+    and JSON carry both always, null off CUDA)."""
     columns = MEASURE_COLUMNS
     if tp > 1:
         at = next(i for i, c in enumerate(columns) if c.key == "rank")
         shown = Column("rank", "Rank", lambda r: r.rank, Kind.COUNT, data=False)
         columns = (*columns[: at + 1], shown, *columns[at + 1 :])
-    return columns + (MEASURE_CUDA_COLUMNS if cuda else ())
+    return columns + tuple(c if cuda else replace(c, human=False) for c in MEASURE_CUDA_COLUMNS)
 
 
 MEASURE_CUDA_COLUMNS = (
@@ -224,6 +237,7 @@ LIST_COLUMNS = (
     Column("chunked_layers", "", lambda r: r[0].layer_counts["chunked"], human=False),
     Column("shared_layers", "", lambda r: r[0].layer_counts["shared"], human=False),
     Column("bytes_per_token", "B/token bf16", lambda r: r[1].bytes_per_token, Kind.COUNT),
+    Column("state_bytes_per_sequence", "", lambda r: r[1].state_bytes_per_sequence, human=False),
     Column("params", "Params", lambda r: r[0].params, human=False),
     Column("source", "Source", lambda r: r[0].source, human=False),
 )
@@ -245,6 +259,14 @@ PART_COLUMNS = (
     Column("cells", "Token slots", lambda p: p.cells, Kind.COUNT),
     Column("total_bytes", "Bytes", lambda p: p.total_bytes, Kind.BYTES),
 )
+
+
+def part_columns(totals: bool) -> tuple[Column, ...]:
+    """``show``'s parts; without ``--seq`` the table leaves out the totals, CSV and JSON print null."""
+    if totals:
+        return PART_COLUMNS
+    return (*PART_COLUMNS_PER_TOKEN, *(Column(c.key, c.title, lambda p: None, c.kind, human=False)
+                                       for c in PART_COLUMNS[len(PART_COLUMNS_PER_TOKEN):]))
 
 
 def _cache_shape(fp: Footprint) -> str:
@@ -282,10 +304,14 @@ def _window(spec: ModelSpec) -> str | None:
     return ", ".join(spans) or None
 
 
-def compare_title(fp: Footprint, layout: Layout | None, any_mla: bool) -> str:
-    """The options every row shares, in one line (the MLA layout only when a model has MLA)."""
-    where = "engine-neutral" if fp.engine.name == "ideal" else fp.engine.name
-    mla = f", MLA {layout or Layout.LATENT} layout" if fp.engine.name == "ideal" and any_mla else ""
+def compare_title(footprints: list[Footprint], layout: Layout | None, any_mla: bool) -> str:
+    """The options every row shares, in one line (the MLA layout only when a model has MLA; the
+    engines when a spec names its own, as a GGUF file's does)."""
+    fp = footprints[0]
+    engines = list(dict.fromkeys(f.engine.name for f in footprints))
+    names = ["engine-neutral" if e == "ideal" else e for e in engines]
+    where = names[0] if len(names) == 1 else f"engines {' and '.join(names)} (by model)"
+    mla = f", MLA {layout or Layout.LATENT} layout" if "ideal" in engines and any_mla else ""
     p = fp.parallel
     gpus = "" if p.is_single_gpu else (
         f", tp {p.tp} pp {p.pp} dcp {p.dcp} dp-attention {p.dp_attention} ({fp.gpus} GPUs)"
@@ -303,30 +329,40 @@ def show_notes(fp: Footprint, mha: Footprint, seq_len: int | None) -> list[str]:
     return notes
 
 
-def show_document(spec, fp: Footprint, mha: Footprint, lines: list[str], totals: bool) -> dict:
-    parts = PART_COLUMNS if totals else PART_COLUMNS_PER_TOKEN
-    doc = {
-        "model": fp.model,
-        "attention": fp.attention,
-        "layout": fp.layout,
-        "kv_dtype": fp.kv_dtype,
-        "engine": fp.engine.name,
-        "mtp_layers": fp.mtp_layers,
-        "notes": list(fp.notes),
-        "bytes_per_token": fp.bytes_per_token,
-        "state_bytes_per_sequence": fp.state_bytes_per_sequence,
-        "mha_equivalent_bytes_per_token": mha.bytes_per_token,
-        "parts": [{c.key: c.value(p) for c in parts} for p in fp.parts],
-        "spec": spec.to_dict(),
-        "explain": lines,
-    }
-    if totals:
-        doc |= {
-            "seq_len": fp.seq_len,
-            "batch": fp.batch,
-            "total_bytes": fp.total_bytes,
-            "request_bytes": fp.request_bytes,
-            "per_gpu_bytes": fp.per_gpu_bytes,
-            "gpu_parts": [{c.key: c.value(p) for c in parts} for p in fp.gpu_parts],
-        }
-    return doc
+def show_data(fmt: OutputFormat, spec: ModelSpec, fp: Footprint, mha: Footprint, lines: list[str],
+              totals: bool) -> str:
+    """``show``'s document: the footprint's figures, its parts as rows, the spec and the
+    explanation; the totals null without ``--seq`` (``totals``)."""
+    columns = part_columns(totals)
+
+    def total(value: int) -> int | None:
+        return value if totals else None
+
+    return data_text(
+        fmt, "show", columns, fp.parts, fp.notes,
+        model=fp.model, display_name=fp.display_name, attention=fp.attention, layout=fp.layout,
+        kv_dtype=fp.kv_dtype, engine=fp.engine.name, mtp_layers=fp.mtp_layers, seq_len=total(fp.seq_len),
+        batch=fp.batch, gpus=fp.gpus, bytes_per_token=fp.bytes_per_token,
+        state_bytes_per_sequence=fp.state_bytes_per_sequence,
+        mha_equivalent_bytes_per_token=mha.bytes_per_token, total_bytes=total(fp.total_bytes),
+        request_bytes=total(fp.request_bytes), per_gpu_bytes=total(fp.per_gpu_bytes),
+        spec=spec.to_dict(), explain=lines, gpu_parts=records(columns, fp.gpu_parts),
+    )
+
+
+def check_data(fmt: OutputFormat, result) -> str:
+    """``check``'s document: what the log says and kvcalc read from it, its figures as rows."""
+    return data_text(fmt, "check", CHECK_COLUMNS, result.figures, engine=result.engine,
+                     version=result.version, model=result.model, logged_model=result.logged_model,
+                     settings=dict(result.settings), agrees=result.agrees)
+
+
+def data_text(fmt: OutputFormat, command: str, columns: Sequence[Column], rows: Iterable[Any],
+              notes: Iterable[str] = (), **fields: Any) -> str:
+    """A command's CSV or JSON: ``{"kvcalc", "command", **fields, "rows", "notes"}`` checked against
+    its model in ``contract.py`` (pydantic, imported here only), then rendered."""
+    from kvcalc.contract import document
+
+    doc = document({"kvcalc": __version__, "command": command, **fields,
+                    "rows": records(columns, rows), "notes": list(notes)})
+    return render_data(doc.model_dump(mode="json"), list(doc.Row.model_fields), fmt)

@@ -5,6 +5,17 @@ import pytest
 from kvcalc.cli import main
 
 
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path_factory):
+    """No test reaches the Hugging Face Hub: in-process, huggingface_hub is offline with an empty
+    cache of its own (tests of the Hub run the CLI in a process of their own, with their own
+    environment: tests/test_inputs.py)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub")))
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``kvcalc ARGS...`` in-process through its entry point; returns (status, out, err)."""

@@ -74,8 +74,8 @@ def test_q8_0_latent_rows():
         ("llama-3.1-8b", Options(1, kv_dtype="fp8_ds_mla"), "uses GQA attention"),
         ("deepseek-v3", Options(1, kv_dtype="fp8_ds_mla", layout=Layout.DECOMPRESSED), "latent layout"),
         ("minicpm3-4b", Options(1, kv_dtype="fp8_ds_mla"), "minicpm3-4b has 256 \\+ 32"),
-        ("llama-3.1-8b", Options(0), "--seq: 0"),
-        ("llama-3.1-8b", Options(1, batch=0), "--batch: 0"),
+        ("llama-3.1-8b", Options(0), "seq_len: 0 must be a whole number, at least 1"),
+        ("llama-3.1-8b", Options(1, batch=0), "batch: 0 must be a whole number"),
     ],
 )
 def test_invalid_options(model, options, message):

@@ -59,13 +59,15 @@ def test_check_exit_codes_and_json(cli, tmp_path):
     status, out, _ = cli("check", str(LOGS / "vllm-llama-3.1-8b.log"), "--format", "json")
     doc = json.loads(out)
     assert status == 0 and doc["agrees"] is True and doc["engine"] == "vllm"
-    assert doc["figures"][0] == {"figure": "GPU KV cache size (tokens)", "logged": "888,032",
+    assert doc["rows"][0] == {"figure": "GPU KV cache size (tokens)", "logged": "888,032",
                                  "computed": "887,968 .. 888,048", "verdict": "agree",
                                  "source": "v1/core/kv_cache_utils.py update_kv_cache_capacity"}
     status, _, err = cli("check", str(LOGS / "vllm-gemma-3-27b.log"))
     assert status == 2
-    assert err == (f"kvcalc: error: {LOGS / 'vllm-gemma-3-27b.log'}: the log's model 'google/gemma-3-27b-it' "
-                   "is not a bundled model or a spec file; name one with --model\n")
+    assert err.startswith(f"kvcalc: error: {LOGS / 'vllm-gemma-3-27b.log'}: the log's model "
+                          "'google/gemma-3-27b-it' is not a bundled model, and reading it failed "
+                          "(google/gemma-3-27b-it: config.json is not in the Hugging Face cache")
+    assert err.endswith("name one with --model\n") and err.count("\n") == 1
     cut = tmp_path / "cut.log"
     cut.write_text("".join(line for line in (LOGS / "vllm-llama-3.1-8b.log").read_text().splitlines(True)
                            if "Available KV cache memory" not in line))

@@ -27,7 +27,7 @@ def test_compare_table(cli):
 def test_compare_json_rows(cli):
     status, out, _ = cli("compare", "deepseek-v3", "--seq", "128k", "--mtp", "-f", "json")
     assert status == 0
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     assert row == {
         "model": "deepseek-v3",
         "display_name": "DeepSeek-V3",
@@ -107,7 +107,7 @@ def test_show_json(cli):
     assert status == 0
     doc = json.loads(out)
     assert doc["total_bytes"] == 81_920 * 32768 + 425_984 * 1024
-    assert [(p["part"], p["layer_kind"], p["cells"]) for p in doc["parts"]] == [
+    assert [(p["part"], p["layer_kind"], p["cells"]) for p in doc["rows"]] == [
         ("K", "full", 32768), ("V", "full", 32768), ("K", "sliding", 1024), ("V", "sliding", 1024),
     ]
     assert doc["spec"]["sliding_window"] == 1024
@@ -116,7 +116,7 @@ def test_show_json(cli):
 def test_list(cli):
     status, out, _ = cli("list", "-f", "json")
     assert status == 0
-    rows = {r["name"]: r for r in json.loads(out)}
+    rows = {r["name"]: r for r in json.loads(out)["rows"]}
     assert len(rows) == 38
     assert rows["llama-4-scout"]["chunked_layers"] == 36
     assert rows["gemma-4-e4b"]["shared_layers"] == 18
@@ -177,4 +177,4 @@ def test_the_engines_own_flag_names_are_accepted(cli):
     assert ours == theirs and ours[0] == 0
     sglang = cli("fit", "llama-3.1-70b", "--gpu", "h200", "--tensor-parallel-size", "4", "-pp", "2",
                  "--mem-fraction-static", "0.85", "--seq", "32k", "--engine", "sglang", "-f", "json")
-    assert sglang[0] == 0 and json.loads(sglang[1])[0]["mem_util"] == "0.85"
+    assert sglang[0] == 0 and json.loads(sglang[1])["rows"][0]["mem_util"] == 0.85

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from transformers import AutoConfig
 
 from kvcalc.analytic import Options, curve, footprint
+from kvcalc.capacity import longest_context
 from kvcalc.catalog import load_bundled, parse_spec
 from kvcalc.errors import OptionError, SpecError
-from kvcalc.fit import longest_context
 from kvcalc.parallel import Parallel
 from kvcalc.spec import CompressedAttention, LayerKind, ModelSpec, StandardAttention
 
@@ -386,7 +386,7 @@ def test_vllm_explains_pages_and_padding(cli):
 
 
 def test_fit_counts_sequences_in_whole_blocks():
-    from kvcalc.fit import fit
+    from kvcalc.capacity import fit
 
     spec = load_bundled("deepseek-v4-flash")
     result = fit(spec, vllm(131_072, parallel=Parallel(tp=8)), gpu_name="H200", gpu_mem_bytes=141 * 10**9)

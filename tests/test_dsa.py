@@ -82,7 +82,7 @@ def test_measure_builds_the_indexer(cli):
     key with its fp32 scale (132 B) per token, measured equal to the formula."""
     status, out, _ = cli("measure", "deepseek-v3.2", "--seq", "256", "--device", "cpu", "-f", "json")
     assert status == 0
-    row = json.loads(out)[0]
+    row = json.loads(out)["rows"][0]
     assert row["measured_bytes"] == row["analytic_bytes"] == (1152 + 132) * 256
 
 

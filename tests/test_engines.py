@@ -182,14 +182,14 @@ def test_request_bytes_are_vllms_reservation(cli):
 
     status, out, _ = cli("compare", "gemma-3-27b", "llama-3.1-8b", "--seq", "32k", "--engine", "vllm",
                          "--format", "json")
-    gemma, llama = json.loads(out)
+    gemma, llama = json.loads(out)["rows"]
     assert status == 0
     assert gemma["total_bytes"] == 3_187_671_040  # held: 60 padded sliding + 10 full layers
     assert gemma["request_bytes"] == (2048 + 6 * 1089) * 10 * 16 * 8192
     assert llama["request_bytes"] == llama["total_bytes"]
     status, out, _ = cli("compare", "gemma-3-27b", "--seq", "32k", "--engine", "vllm", "--format", "json",
                          "--max-num-batched-tokens", "2048")
-    assert json.loads(out)[0]["request_bytes"] == (2048 + 6 * (ceil_div(1023 + 4096, 16) + 1)) * 10 * 16 * 8192
+    assert json.loads(out)["rows"][0]["request_bytes"] == (2048 + 6 * (ceil_div(1023 + 4096, 16) + 1)) * 10 * 16 * 8192
 
 
 def test_sglang_charges_hybrid_swa_layers_their_pool_share():

@@ -74,7 +74,7 @@ def test_cli_json_rows(cli):
     status, out, _ = cli("measure", "deepseek-v2-lite", "--seq", "32", "--layout", "latent,decompressed",
                          "--decode-steps", "2", "--device", "cpu", "-f", "json")
     assert status == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     assert [(r["layout"], r["match"]) for r in rows] == [("latent", True), ("decompressed", True)]
     assert set(rows[0]) >= {"model", "device", "layout", "kv_dtype", "seq_len", "batch", "layers",
                             "analytic_bytes", "measured_bytes", "match", "prefill_s",
@@ -167,7 +167,7 @@ def test_cli_measure_tp_2_shards_a_hybrid_layer(cli, tmp_path):
                            "--device", "cpu", "-f", "json")
     assert status == 0, err
     per_rank = 2 * 1 * 16 * 2 * 16 + (64 + 2 * 16) * 4 * 2 + 4 * 16 * 16 * 4
-    assert [(r["rank"], r["match"], r["measured_bytes"]) for r in json.loads(out)] == [
+    assert [(r["rank"], r["match"], r["measured_bytes"]) for r in json.loads(out)["rows"]] == [
         (0, True, per_rank), (1, True, per_rank)]
 
 
@@ -204,5 +204,5 @@ def test_cli_measures_each_recurrent_family(cli, tmp_path, model_type):
     status, out, err = cli("measure", str(path), "--seq", "64", "--decode-steps", "2", "--device", "cpu",
                            "-f", "json")
     assert status == 0, err
-    [row] = json.loads(out)
+    [row] = json.loads(out)["rows"]
     assert row["match"] and row["measured_bytes"] == row["analytic_bytes"] == expected

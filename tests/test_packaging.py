@@ -84,6 +84,7 @@ def test_wheel_ships_every_package_and_bundled_spec(wheel):
     assert {f"{package}/__init__.py" for package in PACKAGES} <= names
     assert {f"kvcalc/model_specs/{n}.yaml" for n in bundled_names()} <= names
     assert "kvcalc/__main__.py" in names
+    assert "kvcalc/output.schema.json" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kvcalc = kvcalc.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -104,8 +105,9 @@ def test_the_fresh_environment_imports_the_installed_wheel(venv, tmp_path):
         (["kvcalc", "measure", "deepseek-v3", "--seq", "256", "--tp", "2", "--device", "cpu"],
          ["294,912", "exact"]),
         (["python", "-m", "kvcalc", "--version"], [f"kvcalc {kvcalc.__version__}"]),
+        (["kvcalc", "schema"], ['"$schema": "https://json-schema.org/draft/2020-12/schema"']),
     ],
-    ids=["list", "show", "measure", "measure-tp", "version"],
+    ids=["list", "show", "measure", "measure-tp", "version", "schema"],
 )
 def test_the_installed_command_runs(venv, tmp_path, command, expected):
     out = run([venv / "bin" / command[0], *command[1:]], tmp_path)

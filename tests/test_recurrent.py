@@ -137,7 +137,7 @@ def test_state_has_its_column_and_its_explanation(cli, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(QWEN3_NEXT))
     status, out, _ = cli("compare", str(path), "llama-3.1-8b", "--seq", "32k", "--format", "json")
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     assert status == 0 and [r["state_bytes_per_sequence"] for r in rows] == [77_856_768, 0]
     status, out, _ = cli("compare", str(path), "--seq", "32k")
     assert "State/seq" in out and "74.2 MiB" in out
@@ -150,7 +150,7 @@ def test_state_has_its_column_and_its_explanation(cli, tmp_path):
 
 def test_fit_counts_the_state_of_every_sequence(tmp_path):
     """With a budget of exactly n sequences (K/V + state), n fit and n + 1 do not."""
-    from kvcalc.fit import fit
+    from kvcalc.capacity import fit
 
     spec = read(QWEN3_NEXT, tmp_path).replace(params=80_000_000_000)
     per_sequence = 32_768 * 24_576 + 77_856_768
@@ -322,7 +322,7 @@ def test_fit_answers_for_qwen3_next_from_its_config(tmp_path, cli):
     path.write_text(json.dumps(config))
     status, out, _ = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--format",
                          "json")
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     budget = row["kv_budget_bytes_per_gpu"]
     assert status == 0 and row["max_concurrency"] == budget // (32_768 * 24_576 + 77_856_768)
 
@@ -339,7 +339,7 @@ def test_vllm_pages_qwen3_next_state_as_it_aligns_it(tmp_path):
     of 12, a block of 14,155,776 B; a request holds cdiv(L, 576) + 3 blocks and reserves
     cdiv(M, 576) + 3 x (2 + 1)."""
     from kvcalc.analytic import curve
-    from kvcalc.fit import fit
+    from kvcalc.capacity import fit
 
     spec = read(QWEN3_NEXT_80B, tmp_path)
     options = Options(32_768, engine="vllm")
@@ -431,7 +431,7 @@ def test_sglang_keeps_each_request_state_in_a_slot(tmp_path):
     GDN layer, conv 8,192 / tp x 3 in bf16 and state 32 / tp x 128 x 128 in float32 -- 77,266,944 B
     at tp 1, 19,316,736 B at tp 4 -- beside 12 full layers' K and V per token."""
     from kvcalc.analytic import curve
-    from kvcalc.fit import sglang_pools
+    from kvcalc.capacity import sglang_pools
 
     spec = read(QWEN3_NEXT_80B, tmp_path)
     assert footprint(spec, Options(1, engine="sglang")).state_bytes_per_sequence == 77_266_944
@@ -466,7 +466,7 @@ def test_sglang_fit_sizes_state_slots_before_the_kv_pool(tmp_path, cli):
     path.write_text(json.dumps(QWEN3_NEXT_80B))
     status, out, _ = cli("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--engine",
                          "sglang", "--mem-fraction-static", "0.903", "--format", "json")
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     budget = row["kv_budget_bytes_per_gpu"]
     slots = int((budget / 2**30 * 0.9 / 1.9 * 2**30 - 77_266_944) // 77_266_944)
     tokens = int((budget / 2**30 - (slots + 1) * 77_266_944 / 2**30) * 2**30) // 24_576
@@ -557,7 +557,7 @@ def test_sglang_state_share_follows_mamba_full_memory_ratio(tmp_path, cli):
     args = ("fit", str(path), "--gpu", "h200", "--seq", "32k", "--weights-dtype", "fp8", "--engine", "sglang",
             "--mem-fraction-static", "0.903", "--format", "json")
     status, out, _ = cli(*args, "--mamba-full-memory-ratio", "0.2")
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     budget = row["kv_budget_bytes_per_gpu"]
     slots = int((budget / 2**30 * 0.2 / 1.2 * 2**30 - 77_266_944) // 77_266_944)
     tokens = int((budget / 2**30 - (slots + 1) * 77_266_944 / 2**30) * 2**30) // 24_576

@@ -9,7 +9,16 @@ import sys
 import pytest
 
 from kvcalc import render as render_module
-from kvcalc.render import Column, Kind, OutputFormat, render, render_lines, terminal_width
+from kvcalc.render import (
+    Column,
+    Kind,
+    OutputFormat,
+    records,
+    render,
+    render_data,
+    render_lines,
+    terminal_width,
+)
 
 COLUMNS = (
     Column("name", "Model", lambda r: r[0]),
@@ -132,22 +141,34 @@ def test_notes_wrap_with_hanging_indent():
     )
 
 
-def test_other_formats_ignore_width():
+def test_markdown_ignores_width():
     extras = {"title": "A title that is long", "notes": ["a long note here"]}
-    for fmt in (OutputFormat.CSV, OutputFormat.JSON, OutputFormat.MARKDOWN):
-        assert render(COLUMNS, ROWS, fmt, width=10, **extras) == render(COLUMNS, ROWS, fmt, **extras)
+    assert render(COLUMNS, ROWS, OutputFormat.MARKDOWN, width=10, **extras) == render(
+        COLUMNS, ROWS, OutputFormat.MARKDOWN, **extras)
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.CSV, OutputFormat.JSON])
+def test_data_formats_print_a_document_not_a_table(fmt):
+    with pytest.raises(ValueError, match="render_data"):
+        render(COLUMNS, ROWS, fmt)
 
 
 def test_csv_booleans_match_json_and_none_is_empty():
     columns = (
         Column("mtp", "MTP", lambda r: r[0]),
         Column("sliding_window", "Window", lambda r: r[1], Kind.COUNT),
+        Column("shown", "Shown", lambda r: "-", data=False),
     )
-    rows = [(True, None), (False, 4096)]
-    assert render(columns, rows, OutputFormat.CSV) == "mtp,sliding_window\ntrue,\nfalse,4096\n"
-    records = json.loads(render(columns, rows, OutputFormat.JSON))
-    parsed = list(csv.DictReader(io.StringIO(render(columns, rows, OutputFormat.CSV))))
-    assert [json.dumps(r["mtp"]) for r in records] == [r["mtp"] for r in parsed]
+    document = {"command": "x", "rows": records(columns, [(True, None), (False, 4096)])}
+    keys = ["mtp", "sliding_window"]
+    assert render_data(document, keys, OutputFormat.CSV) == "mtp,sliding_window\ntrue,\nfalse,4096\n"
+    assert json.loads(render_data(document, keys, OutputFormat.JSON)) == document
+    parsed = list(csv.DictReader(io.StringIO(render_data(document, keys, OutputFormat.CSV))))
+    assert [json.dumps(r["mtp"]) for r in document["rows"]] == [r["mtp"] for r in parsed]
+
+
+def test_csv_of_no_rows_is_the_header():
+    assert render_data({"rows": []}, ["a", "b_bytes"], OutputFormat.CSV) == "a,b_bytes\n"
 
 
 def test_render_lines_wrap_with_hanging_indent():

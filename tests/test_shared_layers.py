@@ -65,6 +65,6 @@ def test_measure_builds_no_shared_layer(cli, spec_file):
     assert status == 0
     import json
 
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     assert row["layers"] == 2 and row["measured_bytes"] == row["analytic_bytes"] == PER_LAYER * (64 + 8)
     assert row["model_bytes_scaled"] == row["model_bytes"] == PER_LAYER * (64 + 3 * 8)

@@ -46,7 +46,7 @@ def test_cli_measure_tp_2(cli):
     status, out, _ = cli("measure", "deepseek-v2-lite", "qwen2.5-7b", "--tp", "2", "--device", "cpu",
                          "--seq", "64", "--decode-steps", "2", "-f", "json")
     assert status == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     assert [(r["model"], r["rank"], r["match"]) for r in rows] == [
         ("deepseek-v2-lite", 0, True), ("deepseek-v2-lite", 1, True),
         ("qwen2.5-7b", 0, True), ("qwen2.5-7b", 1, True),

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from kvcalc.analytic import Options, curve
+from kvcalc.capacity import GIB, check_parallel, fit, weights_bytes
 from kvcalc.catalog import load_bundled
 from kvcalc.errors import OptionError
-from kvcalc.fit import GIB, check_parallel, fit, weights_bytes
 from kvcalc.hardware import GPUS, get_gpu
 from kvcalc.parallel import Parallel, ceil_div
 from kvcalc.units import parse_bytes
@@ -131,7 +131,7 @@ def test_cli_fit_json(cli):
     status, out, _ = cli("fit", "deepseek-v3", "--gpu", "h200", "--gpus", "8", "--engine", "vllm",
                          "--kv-dtype", "fp8", "--weights-dtype", "fp8", "--seq", "128k", "-f", "json")
     assert status == 0
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["rows"]
     assert {k: row[k] for k in ("gpu_mem_bytes", "max_tokens", "max_concurrency", "max_context")} == {
         "gpu_mem_bytes": 143771 << 20, "max_tokens": 1_382_656, "max_concurrency": 10,
         "max_context": 163_840}
@@ -270,7 +270,7 @@ def test_sglang_keeps_gemma_3_in_one_pool():
 
 def test_plot_and_fit_agree_on_vllms_longest_context():
     from kvcalc.analytic import in_flight_tokens
-    from kvcalc.fit import longest_context
+    from kvcalc.capacity import longest_context
     from kvcalc.plot import Series
 
     spec = load_bundled("gemma-3-27b")

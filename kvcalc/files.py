@@ -98,10 +98,11 @@ def _read_stream(path: Path, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_data(text: str, origin: str) -> Any:
-    """Plain data (dicts, lists, str, int, float, bool, None) from JSON or strict YAML text."""
+def parse_data(text: str, origin: str, *, as_json: bool | None = None) -> Any:
+    """Plain data (dicts, lists, str, int, float, bool, None) from JSON or strict YAML text: JSON
+    when ``as_json`` says so, or (None) when ``origin`` ends in .json."""
     try:
-        if origin.lower().endswith(".json"):
+        if as_json or (as_json is None and origin.lower().endswith(".json")):
             # NaN and Infinity are read as floats: published configs hold them in fields kvcalc
             # never reads (Nemotron-H's time_step_limit [0.0, Infinity]); a field it reads checks
             # its own type and range, and refuses them by name.

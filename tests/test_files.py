@@ -6,10 +6,10 @@ import threading
 import pytest
 import yaml
 
-from kvcalc import load
+from kvcalc import files
 from kvcalc.catalog import _specs_dir, bundled_names
 from kvcalc.errors import SpecError, UnknownModelError
-from kvcalc.load import StrictLoader, parse_data, read_text
+from kvcalc.files import StrictLoader, parse_data, read_text
 
 
 @pytest.mark.parametrize("name", bundled_names())
@@ -64,7 +64,7 @@ def test_json_beyond_plain_data_is_refused(text, message):
 
 
 def test_a_file_over_the_cap_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(load, "MAX_FILE_BYTES", 1024)
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 1024)
     path = tmp_path / "big.yaml"
     path.write_text("# padding\n" * 200)
     with pytest.raises(SpecError, match=r"big.yaml: larger than 0 MiB"):
@@ -94,7 +94,7 @@ def test_a_fifo_with_a_writer_is_read_to_its_end(tmp_path):
 
 
 def test_a_stream_that_never_ends_times_out(tmp_path, monkeypatch):
-    monkeypatch.setattr(load, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(files, "READ_TIMEOUT_S", 0.3)
     path = tmp_path / "pipe.yaml"
     os.mkfifo(path)
     fd = os.open(path, os.O_RDWR)  # a writer that never writes nor closes
@@ -106,7 +106,7 @@ def test_a_stream_that_never_ends_times_out(tmp_path, monkeypatch):
 
 
 def test_a_device_without_end_stops_at_the_cap(monkeypatch):
-    monkeypatch.setattr(load, "MAX_FILE_BYTES", 4096)
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 4096)
     with pytest.raises(SpecError, match=r"/dev/zero: larger than"):
         read_text(__import__("pathlib").Path("/dev/zero"))
 
