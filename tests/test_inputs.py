@@ -183,3 +183,20 @@ def test_stdin_takes_a_config_or_a_spec():
     assert status == 2 and "stdin: empty" in err
     status, _, err = kvcalc("show", "-", env={}, stdin="{\"model_type\": ")
     assert status == 2 and err.startswith("kvcalc: error: stdin: line 1") and err.count("\n") == 1
+
+
+def test_hf_home_holds_the_cache_and_a_token_changes_the_gated_advice(hub, tmp_path):
+    """The cache under $HF_HOME/hub, laid out as huggingface_hub lays it out, resolves offline; with
+    HF_TOKEN set, a gated repo's refusal says the token has no access rather than asking for one."""
+    snapshot = tmp_path / "home" / "hub" / "models--org--cached" / "snapshots" / ("d" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(LLAMA))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("d" * 40)
+    status, out, err = kvcalc("show", "org/cached", "--format", "json",
+                              env={"HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"})
+    assert status == 0, err
+    assert json.loads(out)["model"] == "cached" and json.loads(out)["bytes_per_token"] == 131_072
+    status, _, err = kvcalc("show", "org/gated", env={"HF_HUB_CACHE": str(tmp_path / "c"), "HF_ENDPOINT": hub,
+                                                     "HF_TOKEN": "hf_test"})
+    assert status == 2 and "org/gated: a gated repo; your token has no access" in err
