@@ -12,9 +12,10 @@ Two cache layouts, chosen explicitly:
   vLLM and SGLang do: it is compute-bound there, and the absorbed form would cost more FLOPs.
 
 Parameter names and shapes follow transformers' ``DeepseekV3Attention``, so its state dict loads
-with ``strict=True``. With ``index_n_heads`` it is DeepSeek Sparse Attention (DeepSeek-V3.2): a
-lightning indexer (``indexer.py``) picks ``index_topk`` tokens per query, and its fp8 key is cached
-beside the latent in the same cache.
+with ``strict=True`` (:meth:`MLA.load_reference`); :meth:`MLA.from_config` builds the layer of a
+DeepSeek-V3 config, YaRN included. With ``index_n_heads`` it is DeepSeek Sparse Attention
+(DeepSeek-V3.2): a lightning indexer (``indexer.py``) picks ``index_topk`` tokens per query, and its
+fp8 key is cached beside the latent in the same cache.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
 from kvcalc.nn.indexer import Indexer
-from kvcalc.nn.rope import apply_rope, rope_angles, softmax_scale
+from kvcalc.nn.rope import Rope, config_dict, rope_parameters, softmax_scale
 
 
 class MLA(nn.Module):
@@ -43,6 +44,7 @@ class MLA(nn.Module):
         rope_interleaved: bool = True,
         yarn_factor: float = 1.0,
         mscale: float = 1.0,
+        rope: Rope | None = None,
         eps: float = 1e-6,
         index_n_heads: int | None = None,
         index_head_dim: int | None = None,
@@ -57,7 +59,10 @@ class MLA(nn.Module):
         self.num_heads, self.q_lora_rank, self.kv_lora_rank = num_heads, q_lora_rank, kv_lora_rank
         self.nope, self.rope, self.v_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
         self.qk_dim = qk_nope_head_dim + qk_rope_head_dim
-        self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
+        self.rotary = rope or Rope(qk_rope_head_dim, rope_theta, rope_interleaved)
+        if self.rotary.dim != qk_rope_head_dim:
+            raise ValueError(f"rope dim {self.rotary.dim}: MLA rotates qk_rope_head_dim {qk_rope_head_dim}")
+        self.rope_theta, self.rope_interleaved = self.rotary.theta, self.rotary.interleaved
         self.scale = softmax_scale(self.qk_dim, yarn_factor=yarn_factor, mscale=mscale)
         kw = {"bias": False, "device": device, "dtype": dtype}
         if q_lora_rank is None:
@@ -78,6 +83,36 @@ class MLA(nn.Module):
                                    index_topk, device=device, dtype=dtype)
         self.cache: TokenCache | None = None
 
+    @classmethod
+    def from_config(cls, config, layout: str = "latent", *, device=None, dtype=None) -> MLA:
+        """The MLA of a transformers DeepSeek-V3 config (a ``PretrainedConfig`` or its ``to_dict()``).
+
+        Shapes, ``rope_interleave`` (default True) and the rope -- ``rope_parameters`` or
+        ``rope_scaling``, over qk_rope_head_dim -- as ``DeepseekV3Attention`` reads them. The softmax
+        scale is 1 / sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)² when a scaled rope sets
+        ``mscale_all_dim`` (transformers' ``yarn_apply_mscale``); YaRN's own attention factor scales
+        cos and sin. The norms' eps is 1e-6, the RMSNorm default DeepseekV3Attention builds them with
+        (it does not read ``rms_norm_eps``). A DSA config's ``index_*`` fields add the indexer.
+        """
+        c = config_dict(config)
+        if c.get("attention_bias"):
+            raise ValueError(f"attention_bias {c['attention_bias']!r}: biased projections are not modelled")
+        params, rope_dim = rope_parameters(c), c["qk_rope_head_dim"]
+        rope = Rope.from_parameters(params, rope_dim, interleaved=c.get("rope_interleave", True),
+                                    max_position_embeddings=c.get("max_position_embeddings"))
+        all_dim = params.get("mscale_all_dim") if params["rope_type"] != "default" else None
+        yarn = {"yarn_factor": params["factor"], "mscale": all_dim} if all_dim else {}
+        index = {"index_n_heads": c["index_n_heads"], "index_head_dim": c["index_head_dim"],
+                 "index_topk": c.get("index_topk", 2048)} if c.get("index_n_heads") else {}
+        return cls(c["hidden_size"], c["num_attention_heads"], c.get("q_lora_rank"), c["kv_lora_rank"],
+                   c["qk_nope_head_dim"], rope_dim, c["v_head_dim"], layout=layout, rope=rope,
+                   **yarn, **index, device=device, dtype=dtype)
+
+    def load_reference(self, module: nn.Module) -> MLA:
+        """Load ``DeepseekV3Attention``'s weights: the names are the same, loaded strictly."""
+        self.load_state_dict(module.state_dict(), strict=True)
+        return self
+
     def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
         if self.layout == "latent":  # latent and rope key side by side in one row, as vLLM/FlashMLA
             widths = {"latent_rope": (self.kv_lora_rank + self.rope,)}  # (B, T, d_c + d_R)
@@ -94,14 +129,14 @@ class MLA(nn.Module):
         """x (B, S, hidden) at positions start_pos .. start_pos + S - 1 -> (B, S, hidden)."""
         b, s, _ = x.shape
         positions = positions_of(self.cache, start_pos, s, x.device)
-        cos, sin = rope_angles(positions, self.rope, self.rope_theta)
+        cos, sin = self.rotary.angles(positions)  # (S, d_R / 2)
         q_latent = self._q_latent(x)
         q = self._query(x, q_latent).view(b, s, self.num_heads, self.qk_dim)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
-        q_pe = apply_rope(q_pe, cos, sin, interleaved=self.rope_interleaved)
+        q_pe = self.rotary.rotate(q_pe, cos, sin)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
         latent = self.kv_a_layernorm(latent)  # (B, S, d_c)
-        k_pe = apply_rope(k_pe[:, :, None, :], cos, sin, interleaved=self.rope_interleaved)  # (B, S, 1, d_R)
+        k_pe = self.rotary.rotate(k_pe[:, :, None, :], cos, sin)  # (B, S, 1, d_R)
         index_k = None if self.indexer is None else self.indexer.key(x, cos, sin)
         if self.cache is not None:
             self._remember(start_pos, latent, k_pe, index_k)

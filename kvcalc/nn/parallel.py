@@ -79,7 +79,7 @@ def _shard_attention(full: Attention, shard: Shard) -> Attention:
     w = full.state_dict()
     weight = w["q_proj.weight"]
     local = Attention(weight.shape[1], heads, kv, d, dv, window=full.window, chunk=full.chunk,
-                      rope_theta=full.rope_theta, rope_interleaved=full.rope_interleaved,
+                      rope=full.rotary,
                       device=weight.device, dtype=weight.dtype)
     local.load_state_dict({
         "q_proj.weight": _rows(w["q_proj.weight"], shard.rank * heads * d, heads * d),
@@ -98,7 +98,7 @@ def _shard_mla(full: MLA, shard: Shard) -> MLA:
     index_args = {} if index is None else {"index_n_heads": index.n_heads, "index_head_dim": index.head_dim,
                                            "index_topk": index.topk}
     local = MLA(hidden, heads, full.q_lora_rank, full.kv_lora_rank, full.nope, full.rope, full.v_dim,
-                layout=full.layout, rope_theta=full.rope_theta, rope_interleaved=full.rope_interleaved,
+                layout=full.layout, rope=full.rotary,
                 device=w["o_proj.weight"].device, dtype=w["o_proj.weight"].dtype, **index_args)
     local.scale = full.scale
     first = shard.rank * heads
