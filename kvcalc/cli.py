@@ -632,6 +632,35 @@ def schema_command(output: OutputOpt = None) -> None:
     _emit(files("kvcalc").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"), output)
 
 
+@app.command("verify", cls=_OnceCommand)
+def verify_command(
+    model: Annotated[str, typer.Argument(help="A config.json, checkpoint folder or Hugging Face repo id.")],
+    seq: Annotated[str, typer.Option("--seq", help="Tokens: a prefill of seq - 1, then one decode.")] = "64",
+    fmt: FormatOpt = OutputFormat.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Check kvcalc's --engine transformers figure against the cache of transformers' own model.
+
+    Builds the family's model with the real attention but a shrunk MLP, expert count and vocabulary
+    and one layer of each kind, runs it, and scales its cache per layer kind to the full model.
+    Exit 0 when every part agrees, 1 when any differs, 2 when transformers cannot build it."""
+    from kvcalc.verify import COLUMNS, verify
+
+    seq_len = parse_tokens(seq)
+    if seq_len < 2:
+        raise OptionError(f"--seq: {seq!r}: verify needs at least 2 tokens (a prefill and a decode token)")
+    result = verify(model, seq_len)
+    if fmt in DATA_FORMATS:
+        text = views.data_text(fmt, "verify", COLUMNS, result.rows, result.notes, model=result.model,
+                               model_type=result.model_type, seq_len=result.seq_len,
+                               built_layers=result.built_layers, agrees=result.agrees)
+    else:
+        text = render(COLUMNS, result.rows, fmt, title=result.title, notes=result.notes, width=_width(output))
+    _emit(text, output, inputs=[model])
+    if not result.agrees:
+        raise typer.Exit(1)
+
+
 def _text(command: str, columns: tuple[Column, ...], rows: list, fmt: OutputFormat, output: Path | None,
           *, title: str, notes: Sequence[str] = ()) -> str:
     """``rows`` as a table or Markdown under ``title``, or in CSV and JSON as the command's document

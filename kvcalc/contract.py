@@ -186,6 +186,20 @@ class CheckRow(_Strict):
     """The engine source file and function the arithmetic mirrors."""
 
 
+class VerifyRow(_Strict):
+    """One part of one layer kind: transformers' cache (one layer, times the kind's layers) beside
+    kvcalc's."""
+
+    part: Literal["cache", "state"]
+    """cache: what grows with tokens (K/V, latent...); state: what a sequence holds at any length."""
+    layer_kind: str
+    layers: int
+    """The full model's layers of this kind."""
+    transformers_bytes: int
+    kvcalc_bytes: int
+    verdict: Literal["agree", "disagree"]
+
+
 # --- documents ----------------------------------------------------------------------------------
 
 
@@ -276,8 +290,25 @@ class CheckDocument(_Document):
     notes: list[str]
 
 
+class VerifyDocument(_Document):
+    """kvcalc's --engine transformers figure checked against transformers' own cache; rows are its parts."""
+
+    Row = VerifyRow
+    command: Literal["verify"]
+    model: str
+    model_type: str
+    seq_len: int
+    built_layers: int
+    """Layers of the short model transformers built and ran."""
+    agrees: bool
+    """Every part agrees (the exit status is 0)."""
+    rows: list[VerifyRow]
+    notes: list[str]
+
+
 Document = Annotated[
-    ListDocument | ShowDocument | CompareDocument | MeasureDocument | FitDocument | CheckDocument,
+    ListDocument | ShowDocument | CompareDocument | MeasureDocument | FitDocument | CheckDocument
+    | VerifyDocument,
     Field(discriminator="command"),
 ]
 _DOCUMENT = TypeAdapter(Document)

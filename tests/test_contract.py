@@ -46,6 +46,7 @@ CASES = {
     "measure-gqa": (("measure", "{tiny}", *MEASURE), 0),
     "measure-mla-layouts": (("measure", "deepseek-v2-lite", "--layout", "latent,decompressed", *MEASURE), 0),
     "measure-hybrid": (("measure", "{hybrid}", *MEASURE), 0),
+    "verify-hybrid": (("verify", "{hybrid}", "--seq", "16"), 0),
 }
 NO_DOCUMENT = {"plot", "import", "schema"}  # a picture, a spec file, the schema itself
 
