@@ -529,7 +529,6 @@ _VLLM_STATE_REFUSED = {
     "MiniMaxText01ForCausalLM": "vLLM dropped MiniMax-Text-01 / M1 after 0.23 "
     "(model_executor/models/registry.py)",
 }
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def _check_state_dtype(dtype: str, engine: Engine, spec: ModelSpec) -> None:
@@ -590,7 +589,7 @@ def _vllm_state(spec: ModelSpec, engine: Engine, whole, stages, options: Options
     dtype, why = vllm_state_dtype(spec, options.state_dtype)
     channels = conv_channels_on_rank(mixer, tp) if tp > 1 else mixer.conv_channels
     conv = (mixer.conv_kernel - 1) * channels * 2
-    state = math.prod(f.size for f in state_factors(mixer)) // tp * _DTYPE_BYTES[dtype]
+    state = math.prod(f.size for f in state_factors(mixer)) // tp * STATE_DTYPES[dtype]
     attends = next(g for groups in stages for g in groups if g.kind is not LayerKind.RECURRENT)
     token = sum(r.bytes for r in attends.rows if r.growth is not Growth.STATE)
     block = max(16, 16 * ceil_div(align * ceil_div(conv + state, align * token), 16))
@@ -665,7 +664,7 @@ def _sglang_state(spec: ModelSpec, engine: Engine, whole, stages, given: str | N
             channels, kernel = row.factors
             width = Factor(kernel.size - 1, "conv_kernel - 1")
             return replace(row, factors=(channels, width), bytes=channels.size * width.size * 2)
-        return replace(row, name=f"{row.name} ({dtype})", bytes=values * _DTYPE_BYTES[dtype])
+        return replace(row, name=f"{row.name} ({dtype})", bytes=values * STATE_DTYPES[dtype])
 
     def slots(groups):
         return tuple(replace(g, rows=tuple(map(slot, g.rows))) for g in groups)

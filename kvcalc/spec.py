@@ -241,8 +241,9 @@ _RECURRENT_FIELDS: dict[RecurrentKind, tuple[str, ...]] = {
 }
 """The fields each kind of mixer takes, all required."""
 
-STATE_DTYPES = ("float32", "bfloat16", "float16")
-"""The SSM-state dtypes a config may name for serving engines (vLLM's and SGLang's choices)."""
+STATE_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""The SSM-state dtypes a config may name for serving engines (vLLM's and SGLang's choices), and
+their bytes per value."""
 
 
 @dataclass(frozen=True, kw_only=True)
