@@ -525,10 +525,9 @@ alignment and the prefill-checkpoint blocks of their mixer: gated DeltaNet prefi
 on SM90 (alignment 64, one checkpoint block; layers/mamba/gdn/qwen_gdn_linear_attn.py), Mamba2
 keeps one checkpoint block (mamba_mixer2.py), Mamba1 and KDA none; a model with MLA aligns its
 block to 128 (platforms/interface.py). docs/facts/vllm-sglang-recurrent-state.md"""
-_VLLM_STATE_REFUSED = {
-    "MiniMaxText01ForCausalLM": "vLLM dropped MiniMax-Text-01 / M1 after 0.23 "
-    "(model_executor/models/registry.py)",
-}
+_MINIMAX = ("MiniMaxForCausalLM", "MiniMaxText01ForCausalLM", "MiniMaxM1ForCausalLM")
+_VLLM_STATE_REFUSED = dict.fromkeys(_MINIMAX, "vLLM dropped MiniMax-Text-01 / M1 after 0.23 "
+                                    "(model_executor/models/registry.py _PREVIOUSLY_SUPPORTED_MODELS)")
 
 
 def _check_state_dtype(dtype: str, engine: Engine, spec: ModelSpec) -> None:
@@ -630,7 +629,7 @@ whether it reads the SSM-state dtype from the config (``mamba_ssm_dtype``; srt/c
 ``mamba2_state_dtype``): Granite-4.0-H and Kimi-Linear pass no config, so keep float32."""
 _SGLANG_STATE_REFUSED = {
     "JambaForCausalLM": "SGLang 0.5.23 has no Jamba model (srt/models)",
-    "MiniMaxText01ForCausalLM": "SGLang 0.5.23 has no MiniMax-Text-01 / M1 model (srt/models)",
+    **dict.fromkeys(_MINIMAX, "SGLang 0.5.23 has no MiniMax-Text-01 / M1 model (srt/models)"),
 }
 
 
