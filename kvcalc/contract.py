@@ -190,8 +190,11 @@ class VerifyRow(_Strict):
     """One part of one layer kind: transformers' cache (one layer, times the kind's layers) beside
     kvcalc's."""
 
-    part: Literal["cache", "state"]
-    """cache: what grows with tokens (K/V, latent...); state: what a sequence holds at any length."""
+    part: str
+    """kvcalc's part and, in brackets, the transformers cache tensors that hold it (``K (keys)``,
+    ``latent (keys)``, ``SSM state (recurrent_states)``; ``no tensor`` when none does); ``TENSOR: no
+    kvcalc part`` for a tensor kvcalc has no part for; ``nothing`` for a layer kind that holds nothing
+    on either side (KV-shared layers, MLP blocks)."""
     layer_kind: str
     layers: int
     """The full model's layers of this kind."""
