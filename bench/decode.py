@@ -1,5 +1,6 @@
 """Decode step time against context length: one DeepSeek-V3 layer (latent and decompressed MLA)
-and one Llama-3.1-70B layer. Run by hand; results go in the README and bench/results/.
+and one Llama-3.1-70B layer, built as ``kvcalc measure`` builds them (the models' own rope: YaRN,
+llama3). Run by hand; results go in docs/benchmarks.md and bench/results/.
 
 For each context T the cache is allocated for T + 1 tokens and filled with T random tokens (no
 T-token prefill: decode is what is timed), then single-token decode steps at position T are timed
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 
 from kvcalc.analytic import Layout  # noqa: E402
 from kvcalc.catalog import load_bundled  # noqa: E402
-from kvcalc.measure import build_layer, resolve_device, timed  # first: quiets torch's numpy warning
+from kvcalc.measure import build_layer, built_as, resolve_device, timed  # first: quiets numpy's warning
 from kvcalc.spec import LayerKind  # noqa: E402
 from kvcalc.units import humanize_bytes, parse_token_list  # noqa: E402
 
@@ -70,6 +71,8 @@ def main() -> None:
     print(f"device {device}, batch {args.batch}, bf16, median of {args.steps} paired steps")
     print(f"{'layer':<28}{'tokens':>8}{'cache':>11}{'step ms':>10}{'attn ms':>10}"
           f"{'GB/s step':>11}{'GB/s attn':>11}")
+    for name in dict.fromkeys(name for name, _ in CASES):
+        print(f"# {name}: {built_as(load_bundled(name))}")
     results = {}
     for name, layout in CASES:
         spec = load_bundled(name)

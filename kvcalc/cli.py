@@ -286,7 +286,8 @@ def measure(
         int, typer.Option("--layers", min=1, max=MAX_LAYERS, help="Real layers built per layer kind.")
     ] = 1,
     decode_steps: Annotated[
-        int, typer.Option("--decode-steps", min=0, max=1 << 20, help="Decode steps timed.")
+        int, typer.Option("--decode-steps", min=0, max=1 << 20,
+                          help="Decode steps run; the median of all but the first (a warm-up) is timed.")
     ] = 8,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda.")] = "auto",
     tp: Annotated[
@@ -332,6 +333,7 @@ def measure(
                 rows.append(m.measure(spec, o, where, report=lambda phase: bar.describe(f"{label}: {phase}")))
                 bar.advance()
     notes = [f"{r.model} at {humanize_tokens(r.seq_len)}: not measured: {r.error}" for r in rows if r.error]
+    notes += [f"{spec.name}: layers: {m.built_as(spec)}" for spec in specs]
     if tp > 1:  # what the per-GPU figures mean: replication or a split, in words
         for spec in specs:
             fp = footprint(spec, Options(1, parallel=Parallel(tp=tp), layout=layouts[0]))
@@ -634,7 +636,8 @@ def schema_command(output: OutputOpt = None) -> None:
 
 @app.command("verify", cls=_OnceCommand)
 def verify_command(
-    model: Annotated[str, typer.Argument(help="A config.json, checkpoint folder or Hugging Face repo id.")],
+    model: Annotated[str, typer.Argument(
+        help="A bundled name, a config.json, checkpoint folder or Hugging Face repo id.")],
     seq: Annotated[str, typer.Option("--seq", help="Tokens: a prefill of seq - 1, then one decode.")] = "64",
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
@@ -642,8 +645,9 @@ def verify_command(
     """Check kvcalc's --engine transformers figure against the cache of transformers' own model.
 
     Builds the family's model with the real attention but a shrunk MLP, expert count and vocabulary
-    and one layer of each kind, runs it, and scales its cache per layer kind to the full model.
-    Exit 0 when every part agrees, 1 when any differs, 2 when transformers cannot build it."""
+    and one layer of each kind (a bundled spec: from a config written from it and read back), runs
+    it, and sets each tensor its cache holds, times the model's layers of the kind, beside kvcalc's
+    part. Exit 0 when every part agrees, 1 when any differs, 2 when transformers cannot build it."""
     from kvcalc.verify import COLUMNS, verify
 
     seq_len = parse_tokens(seq)

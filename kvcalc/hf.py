@@ -28,13 +28,17 @@ from kvcalc.families import (
     Family,
     all_full,
 )
+from kvcalc.rotary import CONFIG_KEYS as ROPE_CONFIG_KEYS
+from kvcalc.rotary import check_settings, rope_parameters
 from kvcalc.spec import (
     ARCHITECTURE_PATTERN,
     MAX_DIM,
     MAX_HEADS,
     MAX_LAYERS,
     MAX_TOKENS,
+    NO_CACHE_KINDS,
     STATE_DTYPES,
+    LayerKind,
     ModelSpec,
     RecurrentKind,
     RecurrentState,
@@ -141,7 +145,41 @@ def spec_from_hf(data: dict, origin: str, name: str) -> ModelSpec:
     params = _params(cfg, model_type, spec) if family.counts_params else None
     if not family.counts_params:
         cfg.assume(f"params unknown: kvcalc does not count {model_type}'s weights")
-    return spec.replace(params=params, assumptions=tuple(cfg.assumptions))
+    return spec.replace(params=params, rope=_rope(cfg.raw, spec), assumptions=tuple(cfg.assumptions),
+                        attention_bias=cfg.raw.get("attention_bias") is True)
+
+
+def _states_theta(parameters: Any) -> bool:
+    """Whether transformers-5 ``rope_parameters`` (one dict, or one per layer type) name every base."""
+    if not isinstance(parameters, dict) or not parameters:
+        return False
+    per_type = parameters.values() if all(isinstance(v, dict) for v in parameters.values()) else [parameters]
+    return all(p.get("rope_theta") is not None for p in per_type)
+
+
+def _rope(config: dict, spec: ModelSpec) -> dict | None:
+    """The rope settings of each attention layer kind (``rotary.rope_parameters``: a sliding layer
+    reads its layer type's), one dict when every kind's is the same; None when the config's rope is
+    one kvcalc's layers do not compute (longrope, mrope, a field it does not read) -- it shapes no
+    cache, so the spec only leaves it out."""
+    if any("rope" in key and key not in ROPE_CONFIG_KEYS for key in config):
+        return None
+    if config.get("rope_theta") is None and not _states_theta(config.get("rope_parameters")):
+        return None  # the family's class default would apply: the config does not say
+    per_kind = {}
+    for kind in spec.layer_counts:
+        if kind in NO_CACHE_KINDS or kind is LayerKind.RECURRENT:
+            continue
+        try:
+            layer_type = "sliding_attention" if kind is LayerKind.SLIDING else "full_attention"
+            settings = rope_parameters(config, layer_type)
+            per_kind[str(kind)] = check_settings(settings, max_tokens=MAX_TOKENS)
+        except (ValueError, TypeError):
+            return None
+    if not per_kind:
+        return None
+    first = next(iter(per_kind.values()))
+    return first if all(v == first for v in per_kind.values()) else per_kind
 
 
 def spec_from_reference(data: dict, origin: str, name: str) -> ModelSpec:

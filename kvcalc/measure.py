@@ -6,6 +6,8 @@ tokens, a prefill run on ``seq_len - decode_steps`` tokens and ``decode_steps`` 
 steps after it, so the caches end holding exactly ``seq_len`` tokens (a recurrent mixer's state is
 the same size at any length). Measured bytes are the cache buffers' numel x element_size (weights,
 activations and position counters excluded); they must equal the analytic bytes of the same layers.
+The layers compute what the model does: built by ``from_config`` from the spec's shapes, rope and
+biases (:func:`layer_config`). The decode time is the median step after the first, which warms up.
 On CUDA the allocator's view is reported beside them (KV-CACHE-FACTS section 7). Decode bandwidth =
 cache bytes read per step (the whole cache) / step time.
 """
@@ -27,7 +29,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch
 import torch  # noqa: E402  (measurement is the one place torch is imported)
 from torch import nn  # noqa: E402
 
-from kvcalc.nn.attention import Attention  # noqa: E402
+from kvcalc.nn.attention import ARCHITECTURES, Attention  # noqa: E402
 from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
@@ -39,6 +41,12 @@ from kvcalc.nn.recurrent import (  # noqa: E402
     Mamba,
     Mamba2,
 )
+from kvcalc.nn.rope import Rope, rope_parameters  # noqa: E402
+
+MLA_MODEL_TYPES = {"DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3",
+                   "DeepseekV32ForCausalLM": "deepseek_v32", "GlmMoeDsaForCausalLM": "glm_moe_dsa"}
+"""Model classes whose MLA is DeepseekV3Attention's computation, with the DSA indexer of their model
+type where they have one (GLM-5's rotates its key interleaved)."""
 
 WHOLE = Shard()
 """One process holding the whole layer."""
@@ -218,7 +226,8 @@ def _run(spec, options: MeasureOptions, device, kinds: dict, base: Measurement, 
             report(f"decode {pos - prefill + 1}/{steps}")
             xt = torch.randn(options.batch, 1, hidden, device=device, dtype=compute)
             step_times.append(timed(lambda: [layer(xt, start_pos=pos) for _, layer in layers], device))
-    step = statistics.median(step_times) if step_times else None
+    warmed = step_times[1:] or step_times  # the first step warms up kernels, caches and the allocator
+    step = statistics.median(warmed) if warmed else None
     return _replace(
         base, measured_bytes=measured, model_bytes_scaled=scaled, prefill_s=prefill_s,
         decode_s_per_token=step, decode_bytes_per_s=measured / step if step else None,
@@ -267,7 +276,9 @@ def make_layer(
 
 
 def _attention(spec: ModelSpec, kind: LayerKind, layout: Layout, dtype) -> nn.Module:
-    """The attention of a layer of ``kind`` (a hybrid layer's is full attention)."""
+    """The attention of a layer of ``kind`` (a hybrid layer's is full attention): built by
+    ``from_config`` from :func:`layer_config` where kvcalc builds the family's attention, else
+    Llama's attention with the spec's shapes and rope; DeepSeek-V4's compressed layer by hand."""
     attn = spec.attention_for(kind)
     if isinstance(attn, CompressedAttention):
         csa = kind is LayerKind.COMPRESSED_SPARSE
@@ -275,15 +286,63 @@ def _attention(spec: ModelSpec, kind: LayerKind, layout: Layout, dtype) -> nn.Mo
             spec.hidden_size, attn.num_heads, attn.head_dim, attn.qk_rope_head_dim // 2 * 2,
             attn.q_lora_rank, spec.sliding_window, attn.rate(kind), index_head_dim=attn.index_head_dim,
             index_n_heads=attn.index_n_heads if csa else None, dtype=dtype)
+    config = layer_config(spec, kind)
     if isinstance(attn, MlaAttention):
-        return MLA(spec.hidden_size, attn.num_heads, attn.q_lora_rank, attn.kv_lora_rank,
-                   attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim,
-                   layout=str(layout), index_n_heads=attn.index_n_heads,
-                   index_head_dim=attn.index_head_dim, dtype=dtype)
+        return MLA.from_config(config, layout=str(layout), dtype=dtype)
+    if kind is not LayerKind.CHUNKED and attn.v_head_dim in (None, attn.head_dim):
+        return Attention.from_config(config, dtype=dtype)
+    rope = Rope.from_parameters(rope_parameters(config), attn.head_dim,
+                                max_position_embeddings=spec.max_position_embeddings)
     window = spec.sliding_window if kind is LayerKind.SLIDING else None
     chunk = spec.attention_chunk_size if kind is LayerKind.CHUNKED else None
     return Attention(spec.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                     attn.v_head_dim, window=window, chunk=chunk, dtype=dtype)
+                     attn.v_head_dim, window=window, chunk=chunk, rope=rope, dtype=dtype)
+
+
+def layer_config(spec: ModelSpec, kind: LayerKind) -> dict:
+    """A transformers config of one layer of ``kind``, as ``from_config`` reads it: the spec's
+    shapes, window and rope (plain, base 10000, where the spec states none), and the model type of
+    the spec's architecture (``llama`` where kvcalc does not build the family's own attention)."""
+    attn = spec.attention_for(kind)
+    config = {"model_type": ARCHITECTURES.get(spec.architecture or "", "llama"),
+              "hidden_size": spec.hidden_size, "num_attention_heads": attn.num_heads,
+              "attention_bias": spec.attention_bias,
+              "max_position_embeddings": spec.max_position_embeddings,
+              "rope_parameters": spec.rope_for(kind) or {"rope_type": "default", "rope_theta": 10000.0}}
+    if isinstance(attn, MlaAttention):
+        index = {"index_n_heads": attn.index_n_heads, "index_head_dim": attn.index_head_dim}
+        config["model_type"] = MLA_MODEL_TYPES.get(spec.architecture or "", "deepseek_v3")
+        return {**config, "q_lora_rank": attn.q_lora_rank, "kv_lora_rank": attn.kv_lora_rank,
+                "qk_nope_head_dim": attn.qk_nope_head_dim, "qk_rope_head_dim": attn.qk_rope_head_dim,
+                "v_head_dim": attn.v_head_dim, **(index if attn.index_n_heads else {})}
+    sliding = kind is LayerKind.SLIDING
+    return {**config, "num_key_value_heads": attn.num_kv_heads, "head_dim": attn.head_dim,
+            "layer_types": ["sliding_attention" if sliding else "full_attention"],
+            "sliding_window": spec.sliding_window if sliding else None}
+
+
+def built_as(spec: ModelSpec) -> str:
+    """What ``measure`` builds for ``spec``'s attention, in words (a note beside its rows)."""
+    model_type = ARCHITECTURES.get(spec.architecture or "")
+    if isinstance(spec.attention, CompressedAttention):
+        return ("kvcalc's DeepSeek-V4 attention with the spec's shapes; rope: plain, base 10000 (the spec "
+                "does not carry V4's compressed rope, sinks or grouped output projection)")
+    elif isinstance(spec.attention, MlaAttention):
+        layers = "MLA as transformers' DeepseekV3Attention computes it"
+        if spec.attention.index_n_heads:
+            layers += f", with the {MLA_MODEL_TYPES.get(spec.architecture or '', 'deepseek_v32')} indexer"
+        if spec.architecture not in MLA_MODEL_TYPES:
+            layers += (f", with the spec's shapes ({spec.architecture or 'no architecture'}'s own additions "
+                       "are not built)")
+    elif model_type:
+        layers = f"attention as transformers' {model_type} computes it"
+    else:
+        layers = (f"Llama's attention with the spec's shapes ({spec.architecture or 'no architecture'}'s "
+                  "own additions are not built)")
+    if spec.rope is None:
+        return f"{layers}; rope: plain, base 10000 (the spec states none)"
+    ropes = {r["rope_type"] for r in ([spec.rope] if "rope_theta" in spec.rope else spec.rope.values())}
+    return f"{layers}; rope: {', '.join(sorted(ropes))} as the spec states it"
 
 
 def make_mixer(spec: ModelSpec, dtype) -> nn.Module:
@@ -294,7 +353,7 @@ def make_mixer(spec: ModelSpec, dtype) -> nn.Module:
     match mixer.kind:
         case RecurrentKind.GATED_DELTANET:
             return GatedDeltaNet(hidden, mixer.num_k_heads, mixer.num_v_heads, mixer.head_k_dim,
-                                 mixer.head_v_dim, mixer.conv_kernel, dtype=dtype)
+                                 mixer.head_v_dim, mixer.conv_kernel, dt_bias=True, dtype=dtype)
         case RecurrentKind.KDA:
             return KimiDeltaAttention(hidden, mixer.num_heads, mixer.head_dim, mixer.conv_kernel, dtype=dtype)
         case RecurrentKind.LIGHTNING:
@@ -302,7 +361,8 @@ def make_mixer(spec: ModelSpec, dtype) -> nn.Module:
                                       dtype=dtype)
         case RecurrentKind.MAMBA2:
             return Mamba2(hidden, mixer.num_heads, mixer.head_dim, mixer.d_state, mixer.n_groups,
-                          mixer.conv_kernel, dtype=dtype)
+                          mixer.conv_kernel, dt_bias=True, conv_bias=True, norm_groups=mixer.n_groups,
+                          dtype=dtype)
         case RecurrentKind.MAMBA:
             return Mamba(hidden, mixer.intermediate_size, mixer.d_state, mixer.conv_kernel, -(-hidden // 16),
                          dtype=dtype)

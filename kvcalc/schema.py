@@ -134,6 +134,9 @@ class ModelSpecFile(_Frozen):
     layer_pattern: Annotated[tuple[LayerKind, ...], Field(min_length=1, max_length=MAX_LAYERS)] | None = None
     layer_types: Annotated[tuple[LayerKind, ...], Field(max_length=MAX_LAYERS)] | None = None
     recurrent: RecurrentFile | None = None
+    attention_bias: Annotated[bool, Field(strict=True)] = False
+    rope: dict[str, Any] | None = None
+    """Checked field by field in ``ModelSpec`` (``rotary.check_settings``)."""
     assumptions: tuple[str, ...] = ()
 
 

@@ -17,6 +17,8 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from kvcalc.formats import WEIGHT_FORMATS
+from kvcalc.rotary import FIELDS as ROPE_FIELDS
+from kvcalc.rotary import check_settings
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ARCHITECTURE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -380,6 +382,14 @@ class ModelSpec:
     layer_types: tuple[LayerKind, ...] | None = None
     recurrent: RecurrentState | None = None
     """The mixer of ``recurrent`` and ``hybrid`` layers (linear attention, Mamba)."""
+    attention_bias: bool = False
+    """Biases on the attention projections: the config's ``attention_bias`` (a family whose layers
+    always have them, Qwen2's q/k/v, has them whatever it says). They shape no cache: ``measure``
+    builds them."""
+    rope: dict[str, Any] | None = None
+    """The rotary embedding as the published config sets it (``rotary.py``: rope_type, rope_theta and
+    the type's fields), or one per layer kind ({full: ..., sliding: ...}). It shapes no cache:
+    ``measure`` builds its layers with it. None: the spec does not say."""
     assumptions: tuple[str, ...] = field(default=())
     """Defaults assumed where an imported config was silent."""
 
@@ -401,6 +411,8 @@ class ModelSpec:
         if self.weights_dtype is not None and self.weights_dtype not in WEIGHT_FORMATS:
             raise ValueError(f"weights_dtype: {self.weights_dtype!r} is not one of "
                              f"{', '.join(WEIGHT_FORMATS)}")
+        if not isinstance(self.attention_bias, bool):
+            raise ValueError(f"attention_bias: {self.attention_bias!r}: expected true or false")
         if type(self.mtp_layers) is not int or not 0 <= self.mtp_layers <= MAX_LAYERS:
             raise ValueError(f"mtp_layers: {self.mtp_layers!r} must be an integer from 0 to {MAX_LAYERS:,}")
         for key in ("layer_pattern", "layer_types"):
@@ -410,6 +422,30 @@ class ModelSpec:
         object.__setattr__(self, "assumptions", tuple(self.assumptions))
         self._check_layers()
         self._check_layer_attention()
+        self._check_rope()
+
+    def _check_rope(self) -> None:
+        if self.rope is None:
+            return
+        per_kind = (isinstance(self.rope, dict) and not set(self.rope) <= set(ROPE_FIELDS)
+                    and any(isinstance(v, dict) for v in self.rope.values()))
+        if per_kind:
+            kinds = _layer_kinds("rope", tuple(self.rope))
+            missing = [str(k) for k in self.layer_counts
+                       if k not in kinds and k not in (*NO_CACHE_KINDS, LayerKind.RECURRENT)]
+            if missing:
+                raise ValueError(f"rope: no settings for the {', '.join(missing)} layers")
+            rope = {str(k): check_settings(v, f"rope.{k}", max_tokens=MAX_TOKENS)
+                    for k, v in zip(kinds, self.rope.values(), strict=True)}
+        else:
+            rope = check_settings(self.rope, max_tokens=MAX_TOKENS)
+        object.__setattr__(self, "rope", rope)
+
+    def rope_for(self, kind: LayerKind) -> dict[str, Any] | None:
+        """The rope settings of the layers of ``kind`` (None: the spec does not say)."""
+        if self.rope is None or "rope_theta" in self.rope:  # one for every layer
+            return self.rope
+        return self.rope.get(str(kind))
 
     def _check_layer_attention(self) -> None:
         kinds = {}
@@ -547,7 +583,8 @@ class ModelSpec:
         data["recurrent"] = None if self.recurrent is None else self.recurrent.to_dict()
         for key, default in (("sublayers", 1), ("layer_attention", {}), ("attention_chunk_size", None),
                              ("architecture", None), ("weights_dtype", None), ("recurrent", None),
-                             ("weights_bytes", None), ("default_engine", None)):
+                             ("weights_bytes", None), ("default_engine", None), ("rope", None),
+                             ("attention_bias", False)):
             if data[key] == default:
                 del data[key]
         for key in ("layer_pattern", "layer_types"):

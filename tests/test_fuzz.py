@@ -74,7 +74,10 @@ MUTATIONS = (DELETE, 0, -1, 1.5, "64", None, True, [], {}, 10**30, math.nan)
 # only for a field that is not required.
 TEXT = {"name", "display_name", "source", "model_type", "topk_method"}  # any string, "64" included
 FLAGS = {"use_sliding_window", "tie_word_embeddings", "multi_query", "attention_bias",  # True only
-         "attention_k_eq_v"}
+         "attention_k_eq_v", "truncate"}
+# A spec's rope settings (rotary.py): positive numbers, 1.5 and 10**30 included (a rope_theta, a factor).
+ROPE_NUMBERS = {"rope_theta", "factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                "low_freq_factor", "high_freq_factor", "partial_rotary_factor"}
 # Counts where 0 is a real value, not a missing one: no MTP layer, no shared expert, no leading
 # dense layer, no full-attention layer below the window; q_lora_rank 0 (like null) is a plain
 # query projection.
@@ -83,7 +86,7 @@ ZERO_OK = {"mtp_layers", "num_nextn_predict_layers", "n_shared_experts", "first_
 # schema.py's required fields (v_head_dim only for MLA: standard attention's defaults to head_dim).
 SPEC_REQUIRED = {"name", "display_name", "num_layers", "hidden_size", "attention", "kind", "num_heads",
                  "num_kv_heads", "head_dim", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
-                 "v_head_dim"}
+                 "v_head_dim", "rope_theta"}
 # Every field hf.py reads (first_int, optional_int, flag, raw.get), aliases included.
 HF_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model",
              "num_attention_heads", "n_head", "num_heads", "num_key_value_heads", "num_kv_heads",
@@ -112,7 +115,8 @@ HF_STRUCTURED = {"no_rope_layers", "per_layer_config", "indexer_types", "index_t
 HF_READ = HF_COUNTS | FLAGS | HF_STRUCTURED | {"model_type", "topk_method", "layer_types", "text_config"}
 HF_REQUIRED = {"num_hidden_layers", "n_layer", "hidden_size", "num_attention_heads", "n_head", "text_config"}
 # Fields that change the parameter count or a label, never bytes_per_token.
-SPEC_NO_CACHE = {"name", "display_name", "source", "params", "max_position_embeddings"}
+SPEC_NO_CACHE = {"name", "display_name", "source", "params", "max_position_embeddings", "attention_bias", "rope",
+                 "rope_type", "original_max_position_embeddings", "truncate", *ROPE_NUMBERS}
 HF_NO_CACHE = {"vocab_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
                "n_routed_experts", "num_local_experts", "num_experts", "n_shared_experts",
                "first_k_dense_replace", "tie_word_embeddings", "attention_bias", "topk_method",
@@ -194,7 +198,8 @@ def must_fail(field: str | None, value, required: set[str]) -> bool:
     if value is DELETE or value is None:
         return field in required
     valid = ((field in ZERO_OK and type(value) is int and value == 0)
-             or (field in TEXT and value == "64") or (field in FLAGS and value is True))
+             or (field in TEXT and value == "64") or (field in FLAGS and value is True)
+             or (field in ROPE_NUMBERS and value in (1.5, 10**30) and type(value) is not bool))
     return not valid and field not in HF_STRUCTURED
 
 

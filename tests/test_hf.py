@@ -246,3 +246,49 @@ def test_weights_of_mixed_or_unread_quantisation_are_left_unsaid(tmp_path, quant
     spec = load(tmp_path, {**LLAMA_31_8B, "quantization_config": quant, "torch_dtype": "bfloat16"})
     assert spec.weights_dtype is None
     assert any(a.startswith("weights: quantization_config") and "fit assumes bf16" in a for a in spec.assumptions)
+
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
+GEMMA3_TEXT = {"model_type": "gemma3_text", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "head_dim": 16, "num_hidden_layers": 6, "sliding_window": 512}
+
+
+@pytest.mark.parametrize(
+    ("config", "rope"),
+    [
+        (LLAMA_31_8B | {"rope_theta": 500000.0, "rope_scaling": LLAMA3_SCALING},
+         {"rope_theta": 500000.0, **LLAMA3_SCALING}),
+        (LLAMA_31_8B | {"rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}},
+         {"rope_type": "linear", "rope_theta": 500000.0, "factor": 2.0}),
+        (LLAMA_31_8B | {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+         {"rope_type": "default", "rope_theta": 1e6}),
+        # Gemma-3: its sliding layers turn at their own base, unscaled
+        (GEMMA3_TEXT | {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear",
+                                                                                         "factor": 8.0}},
+         {"sliding": {"rope_type": "default", "rope_theta": 1e4},
+          "full": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}),
+        (GEMMA3_TEXT | {"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                            "full_attention": {"rope_type": "default", "rope_theta": 1e6}}},
+         {"sliding": {"rope_type": "default", "rope_theta": 1e4}, "full": {"rope_type": "default", "rope_theta": 1e6}}),
+        # what kvcalc's layers do not compute, or a config that does not say, is left out
+        (LLAMA_31_8B, None),
+        (LLAMA_31_8B | {"rope_scaling": LLAMA3_SCALING}, None),
+        (LLAMA_31_8B | {"rope_theta": 1e4, "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0]}}, None),
+        (LLAMA_31_8B | {"rope_theta": 1e4, "no_rope_layers": [1] * 32}, None),
+    ],
+    ids=["llama3", "old-type-key", "rope_parameters", "gemma3-local-base", "gemma3-per-type", "unsaid",
+         "no-theta", "longrope", "unknown-field"],
+)
+def test_rope_is_read_from_the_config(tmp_path, config, rope):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert resolve(str(path)).rope == rope
+
+
+def test_attention_bias_is_read_from_the_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA_31_8B | {"attention_bias": True}))
+    assert resolve(str(path)).attention_bias is True
+    path.write_text(json.dumps(LLAMA_31_8B))
+    assert resolve(str(path)).attention_bias is False

@@ -1,6 +1,7 @@
 """kvcalc measure: real layers hold exactly the bytes the formula gives, for every bundled model."""
 
 import json
+import math
 
 import pytest
 
@@ -206,3 +207,47 @@ def test_cli_measures_each_recurrent_family(cli, tmp_path, model_type):
     assert status == 0, err
     [row] = json.loads(out)["rows"]
     assert row["match"] and row["measured_bytes"] == row["analytic_bytes"] == expected
+
+
+def test_layers_are_built_with_the_spec_rope_and_family():
+    """measure builds through from_config: DeepSeek-V3's YaRN (its frequencies and mscale²) and
+    gpt-oss's sinks and biases, as the spec states them."""
+    from kvcalc.measure import build_layer
+    from kvcalc.spec import LayerKind
+
+    yarn = {"rope_type": "yarn", "rope_theta": 10000, "factor": 40, "beta_fast": 32, "beta_slow": 1,
+            "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096}
+    spec = load_bundled("deepseek-v3").replace(rope=yarn)
+    layer = build_layer(spec, LayerKind.FULL, Layout.LATENT, torch.device("meta"), torch.bfloat16)
+    assert layer.rotary.rope_type == "yarn"
+    assert layer.scale == pytest.approx(192**-0.5 * (0.1 * math.log(40) + 1) ** 2)
+    plain = build_layer(spec.replace(rope=None), LayerKind.FULL, Layout.LATENT, torch.device("meta"),
+                        torch.bfloat16)
+    assert plain.rotary.rope_type == "default" and plain.scale == 192**-0.5
+    oss = load_bundled("gpt-oss-20b").replace(attention_bias=True)
+    sliding = build_layer(oss, LayerKind.SLIDING, Layout.LATENT, torch.device("meta"), torch.bfloat16)
+    assert sliding.sinks.shape == (64,) and sliding.q_proj.bias is not None and sliding.window == 128
+
+
+def test_cli_says_how_the_layers_are_built(cli):
+    status, out, _ = cli("measure", "gpt-oss-20b", "falcon-7b", "--seq", "32", "--decode-steps", "2",
+                         "--device", "cpu", "-f", "json")
+    assert status == 0
+    notes = json.loads(out)["notes"]
+    assert any(n.startswith("gpt-oss-20b: layers: attention as transformers' gpt_oss computes it") for n in notes)
+    assert any(n.startswith("falcon-7b: layers: Llama's attention with the spec's shapes") for n in notes)
+
+
+def test_decode_time_leaves_out_the_warm_up_step(monkeypatch):
+    import kvcalc.measure as m
+
+    times = iter([5.0, 100.0, 1.0, 2.0, 4.0])  # prefill, then four decode steps; the first warms up
+
+    def fake_timed(work, device):
+        work()
+        return next(times)
+
+    monkeypatch.setattr(m, "timed", fake_timed)
+    row = measure(load_bundled("llama-3.1-8b"), MeasureOptions(16, decode_steps=4), CPU)
+    assert (row.prefill_s, row.decode_s_per_token) == (5.0, 2.0)
+    assert row.decode_bytes_per_s == row.measured_bytes / 2.0

@@ -70,6 +70,15 @@ def test_layer_types_are_explicit():
         ({"layer_pattern": []}, "layer_pattern: \\[\\]: Tuple should have at least 1 item"),
         ({"heads": 8}, "heads: unknown field \\(value 8\\)"),
         ({"name": "Has Spaces"}, "name: 'Has Spaces': String should match pattern"),
+        ({"rope": {"rope_type": "longrope", "rope_theta": 1e4}}, "m.yaml: rope.rope_type: 'longrope': expected one of"),
+        ({"rope": {"rope_type": "yarn"}}, "rope.rope_theta: missing"),
+        ({"rope": {"rope_theta": -1}}, "rope.rope_theta: -1: expected a positive number"),
+        ({"rope": {"rope_theta": 1e4, "factor": "8"}}, "rope.factor: '8': expected a positive number"),
+        ({"rope": {"rope_theta": 1e4, "mrope_section": [1]}}, "rope.mrope_section: not a rope setting"),
+        ({"rope": {"rope_theta": 1e4, "truncate": 1}}, "rope.truncate: 1: expected true or false"),
+        ({"rope": {"sliding": {"rope_theta": 1e4}}}, "rope: no settings for the full layers"),
+        ({"rope": {"global": {"rope_theta": 1e4}}}, "rope: 'global' is not one of"),
+        ({"attention_bias": "yes"}, "attention_bias: 'yes': Input should be a valid boolean"),
     ],
 )
 def test_validation_names_field_and_value(changes, message):
@@ -128,3 +137,15 @@ def test_weights_dtype_names_a_weight_format():
     assert spec(weights_dtype="fp8-block").weights_dtype == "fp8-block"
     with pytest.raises(SpecError, match=r"weights_dtype: 'fp3' is not one of fp32, bf16"):
         spec(weights_dtype="fp3")
+
+
+def test_rope_settings_one_for_all_layers_or_one_per_kind():
+    yarn = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 40.0, "original_max_position_embeddings": 4096}
+    one = spec(rope=yarn)
+    assert one.rope_for(LayerKind.FULL) == yarn
+    per_kind = spec(rope={"full": {"rope_theta": 1e6}, "sliding": {"rope_theta": 1e4}},
+                    layer_pattern=["sliding", "full"], sliding_window=512)
+    assert per_kind.rope_for(LayerKind.SLIDING) == {"rope_type": "default", "rope_theta": 1e4}
+    assert per_kind.rope_for(LayerKind.FULL)["rope_theta"] == 1e6
+    assert spec().rope_for(LayerKind.FULL) is None
+    assert ModelSpec.from_dict(per_kind.to_dict()) == per_kind

@@ -2,11 +2,71 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
 from kvcalc.nn.rope import Rope, config_dict, rope_parameters
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family's attention adds to Llama's, as transformers 5.23's ``<Family>Attention`` builds it."""
+
+    qkv_bias: bool | None = None
+    """Biases on q, k and v: fixed by the family, or None for the config's ``attention_bias``."""
+    o_bias: bool | None = None
+    qk_norm: str | None = None
+    """RMSNorm of each head's q and k before RoPE: "rms" (weight * x̂, Qwen3), "gemma" ((1 + weight) * x̂)."""
+    sinks: bool = False
+    """A learned logit per query head that takes part in the softmax and is dropped (gpt-oss)."""
+    gemma_scale: bool = False
+    """Softmax scale ``query_pre_attn_scalar ** -0.5`` rather than head_dim ** -0.5."""
+    softcap: bool = False
+    """``attn_logit_softcapping``: scores become cap * tanh(scores / cap) (Gemma-2)."""
+    every_layer_slides: bool = False
+    """A ``sliding_window`` without ``layer_types`` windows every layer (Mistral, Mixtral)."""
+
+
+FAMILIES = {
+    "llama": Family(),
+    "mistral": Family(qkv_bias=False, o_bias=False, every_layer_slides=True),
+    "mixtral": Family(qkv_bias=False, o_bias=False, every_layer_slides=True),
+    "qwen2": Family(qkv_bias=True, o_bias=False),
+    "qwen3": Family(qk_norm="rms"),
+    "qwen3_moe": Family(qk_norm="rms"),
+    "gemma2": Family(gemma_scale=True, softcap=True),
+    "gemma3_text": Family(qk_norm="gemma", gemma_scale=True),
+    "gpt_oss": Family(sinks=True),
+}
+"""The model types :meth:`Attention.from_config` builds (a config without ``model_type`` is Llama's)."""
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3_text", "GptOssForCausalLM": "gpt_oss",
+}
+"""A config's model class (``architectures``) -> the model type of its attention in :data:`FAMILIES`."""
+
+
+class HeadNorm(nn.Module):
+    """RMSNorm over each head's last dimension, as Qwen3 (``weight * x̂``, weight from ones) or Gemma
+    (``(1 + weight) * x̂`` in fp32, weight from zeros) compute it."""
+
+    def __init__(self, dim: int, eps: float, *, gemma: bool, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps, self.gemma = eps, gemma
+        init = torch.zeros if gemma else torch.ones
+        self.weight = nn.Parameter(init(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (normed * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * normed.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -18,9 +78,11 @@ class Attention(nn.Module):
     which lie in the last ``chunk`` tokens, so the cache is a ring of ``chunk`` slots.
 
     ``rope`` sets the rotary embedding (scaling, partial rotary, layout); without it, plain RoPE
-    of base ``rope_theta`` over the whole head. :meth:`from_config` builds the layer of a
-    transformers config; parameter names are Llama's, so ``LlamaAttention``'s state dict loads with
-    ``strict=True`` (:meth:`load_reference`).
+    of base ``rope_theta`` over the whole head. What families add to Llama's attention -- biases,
+    q/k norms (``qk_norm``), a softmax ``scale``, attention ``sinks``, score ``softcap`` -- is
+    switched on by argument; :meth:`from_config` sets them from a transformers config
+    (:data:`FAMILIES`). Parameter names are transformers', so the family's attention module's
+    state dict loads with ``strict=True`` (:meth:`load_reference`).
     """
 
     def __init__(
@@ -36,12 +98,21 @@ class Attention(nn.Module):
         rope_theta: float = 10000.0,
         rope_interleaved: bool = False,
         rope: Rope | None = None,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        qk_norm: str | None = None,
+        norm_eps: float = 1e-6,
+        scale: float | None = None,
+        sinks: bool = False,
+        softcap: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads {num_kv_heads} does not divide num_heads {num_heads}")
+        if qk_norm not in (None, "rms", "gemma"):
+            raise ValueError(f"qk_norm {qk_norm!r}: expected 'rms', 'gemma' or None")
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.v_head_dim = head_dim, v_head_dim or head_dim
         if window is not None and chunk is not None:
@@ -49,27 +120,48 @@ class Attention(nn.Module):
         self.window, self.chunk = window, chunk
         self.rotary = rope or Rope(head_dim, rope_theta, rope_interleaved)
         self.rope_theta, self.rope_interleaved = self.rotary.theta, self.rotary.interleaved
-        kw = {"bias": False, "device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, **kw)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, **kw)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.v_head_dim, **kw)
-        self.o_proj = nn.Linear(num_heads * self.v_head_dim, hidden_size, **kw)
+        self.scale, self.softcap = scale, softcap
+        kw = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias, **kw)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias, **kw)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.v_head_dim, bias=qkv_bias, **kw)
+        self.o_proj = nn.Linear(num_heads * self.v_head_dim, hidden_size, bias=o_bias, **kw)
+        self.qk_norm, self.norm_eps = qk_norm, norm_eps
+        if qk_norm:
+            self.q_norm = HeadNorm(head_dim, norm_eps, gemma=qk_norm == "gemma", **kw)
+            self.k_norm = HeadNorm(head_dim, norm_eps, gemma=qk_norm == "gemma", **kw)
+        self.sinks = nn.Parameter(torch.zeros(num_heads, **kw)) if sinks else None
         self.cache: TokenCache | None = None
 
     @classmethod
-    def from_config(cls, config, *, device=None, dtype=None) -> Attention:
-        """The attention of a transformers config (a ``PretrainedConfig`` or its ``to_dict()``) of
-        the Llama family: shapes, GQA and rope -- ``rope_parameters`` or ``rope_scaling``, with
-        ``partial_rotary_factor`` -- as ``LlamaAttention`` reads them. Refuses what it does not
-        model (biases, sliding windows) rather than ignore it."""
+    def from_config(cls, config, *, layer_idx: int = 0, device=None, dtype=None) -> Attention:
+        """Layer ``layer_idx``'s attention of a transformers config (a ``PretrainedConfig`` or its
+        ``to_dict()``; a multimodal config's ``text_config``) of a family in :data:`FAMILIES`: shapes,
+        GQA, the layer's window (``layer_types``) and rope -- ``rope_parameters`` (per layer type
+        where the family has one per type) or ``rope_scaling``, with ``partial_rotary_factor`` -- and
+        the family's biases, norms, scale, sinks and softcap, as its attention module reads them.
+        Refuses what it does not model rather than ignore it."""
         c = config_dict(config)
-        _refuse_unmodelled(c)
+        c = config_dict(c["text_config"]) if c.get("text_config") else c
+        model_type = c.get("model_type") or "llama"
+        family = FAMILIES.get(model_type)
+        if family is None:
+            raise ValueError(f"model_type {model_type!r}: from_config builds {', '.join(FAMILIES)}")
         heads = c["num_attention_heads"]
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
-        rope = Rope.from_parameters(rope_parameters(c), head_dim,
+        layer_type = _layer_type(c, layer_idx, family)
+        rope = Rope.from_parameters(rope_parameters(c, layer_type), head_dim,
                                     max_position_embeddings=c.get("max_position_embeddings"))
-        return cls(c["hidden_size"], heads, c.get("num_key_value_heads") or heads, head_dim,
-                   rope=rope, device=device, dtype=dtype)
+        bias = bool(c.get("attention_bias"))
+        softcap = c.get("attn_logit_softcapping") if family.softcap else None
+        return cls(
+            c["hidden_size"], heads, c.get("num_key_value_heads") or heads, head_dim,
+            window=c["sliding_window"] if layer_type == "sliding_attention" else None, rope=rope,
+            qkv_bias=bias if family.qkv_bias is None else family.qkv_bias,
+            o_bias=bias if family.o_bias is None else family.o_bias,
+            qk_norm=family.qk_norm, norm_eps=c.get("rms_norm_eps") or 1e-6,
+            scale=c.get("query_pre_attn_scalar", 256) ** -0.5 if family.gemma_scale else None,
+            sinks=family.sinks, softcap=softcap, device=device, dtype=dtype)
 
     def load_reference(self, module: nn.Module) -> Attention:
         """Load a transformers attention module's weights (``LlamaAttention``: same names, strict)."""
@@ -93,6 +185,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.v_head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
         if self.cache is not None:
             if (self.window or self.chunk) and start_pos > 0 and s > 1:
@@ -103,15 +197,26 @@ class Attention(nn.Module):
         else:  # decode: attend over what the cache holds, (B, n_kv, T, d)
             held, k_pos = self.cache.read(x.dtype)
             k, v = held["k"], held["v"]
-        out = attend(q, k, v, positions, k_pos, window=self.window, chunk=self.chunk)  # (B, S, H, d_v)
+        out = attend(q, k, v, positions, k_pos, window=self.window, chunk=self.chunk, scale=self.scale,
+                     sinks=self.sinks, softcap=self.softcap)  # (B, S, H, d_v)
         return self.o_proj(out.reshape(b, s, self.num_heads * self.v_head_dim))
 
 
-def _refuse_unmodelled(config: dict) -> None:
-    """A config field that would change the layer's numbers, which from_config does not build."""
-    if config.get("attention_bias"):
-        raise ValueError(f"attention_bias {config['attention_bias']!r}: biased projections are not modelled")
-    local = set(config.get("layer_types") or ()) - {"full_attention"}
-    if config.get("sliding_window") is not None or local:
-        raise ValueError(f"sliding_window {config.get('sliding_window')!r}, layer_types {sorted(local)}: "
-                         "windowed layers are not built by from_config")
+def _layer_type(config: dict, layer_idx: int, family: Family) -> str:
+    """``full_attention`` or ``sliding_attention``: from ``layer_types``, or from a ``sliding_window``
+    the family applies to every layer; any other layer type is refused by name."""
+    types = config.get("layer_types")
+    if types:
+        if not 0 <= layer_idx < len(types):
+            raise ValueError(f"layer_idx {layer_idx}: layer_types names {len(types)} layers")
+        if types[layer_idx] not in ("full_attention", "sliding_attention"):
+            raise ValueError(f"layer_types[{layer_idx}] {types[layer_idx]!r}: from_config builds full and "
+                             "sliding attention")
+        return types[layer_idx]
+    window = config.get("sliding_window")
+    if window is None or config.get("use_sliding_window") is False:
+        return "full_attention"
+    if family.every_layer_slides:
+        return "sliding_attention"
+    raise ValueError(f"sliding_window {window!r} without layer_types: which layers slide is not known "
+                     f"to from_config for model_type {config.get('model_type')!r}")

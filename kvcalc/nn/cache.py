@@ -136,6 +136,8 @@ def attend(
     chunk: int | None = None,
     keep: torch.Tensor | None = None,
     scale: float | None = None,
+    sinks: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Masked attention, q (B, S, H, D), k (B, Hk, T, D), v (B, Hk, T, Dv) -> (B, S, H, Dv).
 
@@ -144,15 +146,18 @@ def attend(
     (decode, windows) each KV head's group of query heads is folded into rows of one matmul -- as
     FlashMLA folds heads -- so K and V are read once, never expanded or upcast; query blocks keep at
     most ``SCORE_BUDGET`` scores alive; the softmax runs in fp32. ``keep`` (B, S, T) narrows each
-    query to the keys a sparse-attention indexer chose.
+    query to the keys a sparse-attention indexer chose. ``sinks`` (H,): one more logit per query
+    head in the softmax, whose share is dropped (gpt-oss); ``softcap``: scores become
+    softcap * tanh(scores / softcap) before the mask (Gemma-2). Both take the explicit path.
     """
     spans = (window is None or window >= q.shape[1]) and (chunk is None or chunk >= q.shape[1])
-    if q_pos is k_pos and spans and keep is None:
+    plain = keep is None and sinks is None and softcap is None
+    if q_pos is k_pos and spans and plain:
         return _causal(q, k, v, scale)
     b, s, h, d = q.shape
     hk = k.shape[1]
     group = h // hk
-    if k.shape[-1] == v.shape[-1] and keep is None and _all_visible(q_pos, k_pos, window, chunk):
+    if k.shape[-1] == v.shape[-1] and plain and _all_visible(q_pos, k_pos, window, chunk):
         rows = q.reshape(b, s, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * s, d)
         out = _unmasked(rows, k, v, scale)  # (B, Hk, group * s, Dv)
         return out.reshape(b, hk, group, s, -1).permute(0, 3, 1, 2, 4).reshape(b, s, h, -1)
@@ -165,11 +170,19 @@ def attend(
         sb = qb.shape[1]
         rows = qb.reshape(b, sb, hk, group, d).permute(0, 2, 3, 1, 4).reshape(b, hk, group * sb, d)
         scores = torch.matmul(rows, keys).float() * scale  # (B, Hk, group * sb, T)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         visible = attention_mask(q_pos[start : start + sb], k_pos, window, chunk).repeat(group, 1)
         if keep is not None:  # (B, sb, T) -> (B, 1, group * sb, T), rows ordered (group, query)
             chosen = keep[:, start : start + sb].unsqueeze(1).expand(b, group, sb, keep.shape[-1])
             visible = visible & chosen.reshape(b, 1, group * sb, keep.shape[-1])
-        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(v.dtype)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        if sinks is None:
+            probs = scores.softmax(dim=-1).to(v.dtype)
+        else:  # rows (group, query) of each KV head: query head hk * group + g's sink, as a last column
+            sink = sinks.float().reshape(1, hk, group, 1, 1).expand(b, hk, group, sb, 1)
+            probs = torch.cat([scores, sink.reshape(b, hk, group * sb, 1)], dim=-1).softmax(dim=-1)
+            probs = probs[..., :-1].to(v.dtype)
         out = torch.matmul(probs, v)  # (B, Hk, group * sb, Dv)
         outs.append(out.reshape(b, hk, group, sb, -1).permute(0, 3, 1, 2, 4).reshape(b, sb, h, -1))
     return torch.cat(outs, dim=1)

@@ -49,6 +49,7 @@ class MLA(nn.Module):
         index_n_heads: int | None = None,
         index_head_dim: int | None = None,
         index_topk: int = 2048,
+        index_rope_interleaved: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -80,7 +81,8 @@ class MLA(nn.Module):
             if q_lora_rank is None or index_head_dim is None:
                 raise ValueError("the DSA indexer needs q_lora_rank and index_head_dim")
             self.indexer = Indexer(hidden_size, q_lora_rank, index_n_heads, index_head_dim, qk_rope_head_dim,
-                                   index_topk, device=device, dtype=dtype)
+                                   index_topk, rope_interleaved=index_rope_interleaved, device=device,
+                                   dtype=dtype)
         self.cache: TokenCache | None = None
 
     @classmethod
@@ -92,7 +94,12 @@ class MLA(nn.Module):
         scale is 1 / sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)² when a scaled rope sets
         ``mscale_all_dim`` (transformers' ``yarn_apply_mscale``); YaRN's own attention factor scales
         cos and sin. The norms' eps is 1e-6, the RMSNorm default DeepseekV3Attention builds them with
-        (it does not read ``rms_norm_eps``). A DSA config's ``index_*`` fields add the indexer.
+        (it does not read ``rms_norm_eps``).
+
+        A DSA config's ``index_n_heads``, ``index_head_dim`` and ``index_topk`` (default 2048) add
+        the indexer of ``DeepseekV32Attention``; its RoPE is interleaved where
+        ``indexer_rope_interleave`` says so (GLM-5's config, read as vLLM reads it), else by
+        ``model_type`` as transformers builds it: ``glm_moe_dsa`` interleaved, the others half-split.
         """
         c = config_dict(config)
         if c.get("attention_bias"):
@@ -102,14 +109,14 @@ class MLA(nn.Module):
                                     max_position_embeddings=c.get("max_position_embeddings"))
         all_dim = params.get("mscale_all_dim") if params["rope_type"] != "default" else None
         yarn = {"yarn_factor": params["factor"], "mscale": all_dim} if all_dim else {}
-        index = {"index_n_heads": c["index_n_heads"], "index_head_dim": c["index_head_dim"],
-                 "index_topk": c.get("index_topk", 2048)} if c.get("index_n_heads") else {}
+        index = _index_args(c) if c.get("index_n_heads") else {}
         return cls(c["hidden_size"], c["num_attention_heads"], c.get("q_lora_rank"), c["kv_lora_rank"],
                    c["qk_nope_head_dim"], rope_dim, c["v_head_dim"], layout=layout, rope=rope,
                    **yarn, **index, device=device, dtype=dtype)
 
     def load_reference(self, module: nn.Module) -> MLA:
-        """Load ``DeepseekV3Attention``'s weights: the names are the same, loaded strictly."""
+        """Load ``DeepseekV3Attention``'s weights (``DeepseekV32Attention``'s or ``GlmMoeDsaAttention``'s
+        with the indexer): the names are the same, loaded strictly."""
         self.load_state_dict(module.state_dict(), strict=True)
         return self
 
@@ -195,3 +202,12 @@ class MLA(nn.Module):
         # V is the latent, a prefix of K: attend with V = K and cut the output (no copy).
         out_latent = attend(q, k, k, positions, k_pos, keep=keep, scale=self.scale)[..., : self.kv_lora_rank]
         return torch.einsum("bshc,hvc->bshv", out_latent, w_uv)  # (B, S, H, v)
+
+
+def _index_args(c: dict) -> dict:
+    """The DSA indexer's arguments from a config dict (transformers' ``DeepseekV32Config`` fields)."""
+    interleaved = c.get("indexer_rope_interleave")
+    if interleaved is None:
+        interleaved = c.get("model_type") == "glm_moe_dsa"
+    return {"index_n_heads": c["index_n_heads"], "index_head_dim": c["index_head_dim"],
+            "index_topk": c.get("index_topk", 2048), "index_rope_interleaved": bool(interleaved)}

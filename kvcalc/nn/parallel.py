@@ -5,9 +5,10 @@ SGLang shard them).
   ``kv_b_proj`` keep the rows of this rank's heads.
 - Row-parallel: ``o_proj`` keeps the columns of this rank's heads; the partial outputs are summed
   across ranks with an all-reduce.
+  Biases of q, k and v and gpt-oss's sinks keep this rank's heads; o_proj's bias is added on rank 0.
 - Replicated: MLA's ``q_a_proj``, ``kv_a_proj_with_mqa`` and their norms -- so the latent and its
-  cache are whole on every rank. KV heads are split max(1, n_kv // tp) per rank; when tp > n_kv each
-  KV head is copied to the tp / n_kv ranks whose query heads read it.
+  cache are whole on every rank -- and the per-head q/k norms. KV heads are split max(1, n_kv // tp)
+  per rank; when tp > n_kv each KV head is copied to the tp / n_kv ranks whose query heads read it.
 
 Recurrent mixers (vLLM's and SGLang's ``mamba_utils`` shapes; ``plan.conv_channels_on_rank``):
 - Column-parallel: the input projections, the short convolution's channels, and each head's decay,
@@ -79,14 +80,23 @@ def _shard_attention(full: Attention, shard: Shard) -> Attention:
     w = full.state_dict()
     weight = w["q_proj.weight"]
     local = Attention(weight.shape[1], heads, kv, d, dv, window=full.window, chunk=full.chunk,
-                      rope=full.rotary,
+                      rope=full.rotary, qkv_bias=full.q_proj.bias is not None,
+                      o_bias=full.o_proj.bias is not None, qk_norm=full.qk_norm, norm_eps=full.norm_eps,
+                      scale=full.scale, sinks=full.sinks is not None, softcap=full.softcap,
                       device=weight.device, dtype=weight.dtype)
-    local.load_state_dict({
-        "q_proj.weight": _rows(w["q_proj.weight"], shard.rank * heads * d, heads * d),
-        "k_proj.weight": _rows(w["k_proj.weight"], kv_first * d, kv * d),
-        "v_proj.weight": _rows(w["v_proj.weight"], kv_first * dv, kv * dv),
-        "o_proj.weight": _columns(w["o_proj.weight"], shard.rank * heads * dv, heads * dv),
-    }, strict=True)
+    first = shard.rank * heads
+    state = dict(w)  # the q/k norms: replicated
+    for name, start, width in (("q_proj", first * d, heads * d), ("k_proj", kv_first * d, kv * d),
+                               ("v_proj", kv_first * dv, kv * dv)):
+        for part in ("weight", "bias"):
+            if f"{name}.{part}" in w:
+                state[f"{name}.{part}"] = _rows(w[f"{name}.{part}"], start, width)
+    state["o_proj.weight"] = _columns(w["o_proj.weight"], first * dv, heads * dv)
+    if "o_proj.bias" in w and shard.rank:  # added once to the all-reduced sum: on rank 0
+        state["o_proj.bias"] = torch.zeros_like(w["o_proj.bias"])
+    if "sinks" in w:
+        state["sinks"] = _rows(w["sinks"], first, heads)
+    local.load_state_dict(state, strict=True)
     return local
 
 
@@ -96,7 +106,8 @@ def _shard_mla(full: MLA, shard: Shard) -> MLA:
     hidden = w["o_proj.weight"].shape[0]
     index = full.indexer  # the DSA indexer: replicated, like the latent it sits beside
     index_args = {} if index is None else {"index_n_heads": index.n_heads, "index_head_dim": index.head_dim,
-                                           "index_topk": index.topk}
+                                           "index_topk": index.topk,
+                                           "index_rope_interleaved": index.rope_interleaved}
     local = MLA(hidden, heads, full.q_lora_rank, full.kv_lora_rank, full.nope, full.rope, full.v_dim,
                 layout=full.layout, rope=full.rotary,
                 device=w["o_proj.weight"].device, dtype=w["o_proj.weight"].dtype, **index_args)
@@ -123,14 +134,17 @@ def _shard_gated_deltanet(full: GatedDeltaNet, shard: Shard) -> GatedDeltaNet:
     w = full.state_dict()
     key, value, heads = (full.k_heads, full.dk), (full.v_heads, full.dv), (full.v_heads, 1)
     local = _new(GatedDeltaNet, w["in_proj.weight"], key_heads, full.v_heads // shard.size, full.dk,
-                 full.dv, full.kernel)
-    local.load_state_dict({
+                 full.dv, full.kernel, dt_bias=full.dt_bias is not None, norm_eps=full.norm_eps)
+    state = {
         "in_proj.weight": _split(w["in_proj.weight"], [key, key, value, value, heads, heads], shard),
         "conv_weight": _split(w["conv_weight"], [key, key, value], shard),
         "a_log": _split(w["a_log"], [heads], shard),
         "norm": w["norm"],  # per head: replicated
         "out_proj.weight": _split(w["out_proj.weight"], [value], shard, dim=1),
-    }, strict=True)
+    }
+    if "dt_bias" in w:
+        state["dt_bias"] = _split(w["dt_bias"], [heads], shard)
+    local.load_state_dict(state, strict=True)
     return local
 
 
@@ -138,7 +152,8 @@ def _shard_kda(full: KimiDeltaAttention, shard: Shard) -> KimiDeltaAttention:
     heads = _local(full.heads, shard, "heads")
     w = full.state_dict()
     width, scalar = (full.heads, full.head_dim), (full.heads, 1)
-    local = _new(KimiDeltaAttention, w["qkv_proj.weight"], heads, full.head_dim, full.kernel)
+    local = _new(KimiDeltaAttention, w["qkv_proj.weight"], heads, full.head_dim, full.kernel,
+                 norm_eps=full.norm_eps)
     state = dict(w)  # f_a_proj, g_a_proj (hidden -> head_dim) and the per-head norm: replicated
     for name in ("qkv_proj.weight", "conv_weight"):
         state[name] = _split(w[name], [width] * 3, shard)
@@ -173,15 +188,21 @@ def _shard_mamba2(full: Mamba2, shard: Shard) -> Mamba2:
     w = full.state_dict()
     inner, groups, scalar = (full.heads, full.head_dim), (full.groups, full.d_state), (full.heads, 1)
     local = _new(Mamba2, w["in_proj.weight"], heads, full.head_dim, full.d_state,
-                 _held(full.groups, shard)[1], full.kernel)
-    local.load_state_dict({
+                 _held(full.groups, shard)[1], full.kernel, dt_bias=full.dt_bias is not None,
+                 conv_bias="conv_bias" in w, norm_groups=full.norm_groups, norm_eps=full.norm_eps)
+    state = {
         "in_proj.weight": _split(w["in_proj.weight"], [inner, inner, groups, groups, scalar], shard),
         "conv_weight": _split(w["conv_weight"], [inner, groups, groups], shard),
         "a_log": _split(w["a_log"], [scalar], shard),
         "d": _split(w["d"], [scalar], shard),
-        "norm": _split(w["norm"], [inner], shard),
+        "norm": _split(w["norm"], [inner], shard),  # normalised per group by all-reduced sums
         "out_proj.weight": _split(w["out_proj.weight"], [inner], shard, dim=1),
-    }, strict=True)
+    }
+    if "conv_bias" in w:
+        state["conv_bias"] = _split(w["conv_bias"], [inner, groups, groups], shard)
+    if "dt_bias" in w:
+        state["dt_bias"] = _split(w["dt_bias"], [scalar], shard)
+    local.load_state_dict(state, strict=True)
     return local
 
 

@@ -8,7 +8,7 @@ frequency scalings of transformers' ``modeling_rope_utils.py`` (v5.23): default,
 
 A config's rope settings live in ``rope_parameters`` (transformers >= 5) or in ``rope_theta`` plus
 ``rope_scaling`` (older configs, whose ``type`` key is the old name of ``rope_type``);
-:func:`rope_parameters` reads either into one dict, and :meth:`Rope.from_parameters` turns it into
+``kvcalc.rotary.rope_parameters`` reads either into one dict, and :meth:`Rope.from_parameters` turns it into
 the frequencies and the attention factor.
 """
 
@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
-"""The ``rope_type`` values :class:`Rope` computes; any other is refused, not approximated."""
+from kvcalc.rotary import ROPE_TYPES, rope_parameters  # noqa: F401 -- the settings, read without torch
 
 
 def rope_angles(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,26 +60,6 @@ def softmax_scale(qk_head_dim: int, *, yarn_factor: float = 1.0, mscale: float =
 def config_dict(config: Any) -> dict[str, Any]:
     """A transformers config as a plain dict: a ``PretrainedConfig`` by ``to_dict()``, a dict as is."""
     return dict(config) if isinstance(config, Mapping) else config.to_dict()
-
-
-def rope_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
-    """One dict of rope settings from a config dict: ``rope_theta`` (default 10000), ``rope_type``
-    (default ``"default"``) and the type's own fields, from ``rope_parameters`` over ``rope_scaling``
-    over the top-level ``rope_theta`` and ``partial_rotary_factor``."""
-    merged: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
-    for name in ("rope_theta", "partial_rotary_factor"):
-        if config.get(name) is not None:
-            merged[name] = config[name]
-    for source in ("rope_scaling", "rope_parameters"):
-        given = config.get(source) or {}
-        if given and all(isinstance(v, Mapping) for v in given.values()):
-            raise ValueError(f"{source}: one rope per layer type ({sorted(given)}) is not modelled")
-        merged.update({k: v for k, v in given.items() if v is not None})
-    if "type" in merged:  # the old name of rope_type
-        merged["rope_type"] = merged.pop("type")
-    if merged["rope_type"] not in ROPE_TYPES:
-        raise ValueError(f"rope_type {merged['rope_type']!r}: expected one of {', '.join(ROPE_TYPES)}")
-    return merged
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,24 @@ from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 
+def varied(layer):
+    """``layer`` with its vectors (biases, norms, sinks) away from their init, so each one's shard matters."""
+    with torch.no_grad():
+        for param in layer.parameters():
+            if param.dim() == 1:
+                param.normal_(0, 0.5)
+    return layer
+
+
 CASES = {
     "gqa": lambda: Attention(64, 8, 4, 8),  # 4 KV heads split over the ranks
     "gqa-replicated": lambda: Attention(64, 8, 1, 8),  # 1 KV head, copied to every rank
     "sliding": lambda: Attention(64, 8, 2, 8, window=4),
     "chunked": lambda: Attention(64, 8, 2, 8, chunk=4),
+    # gpt-oss: biases (o_proj's added once) and a sink per query head, kept with the head
+    "sinks-biases": lambda: varied(Attention(64, 8, 2, 8, window=4, qkv_bias=True, o_bias=True, sinks=True)),
+    # Gemma: replicated per-head q/k norms, its own scale, softcap
+    "qk-norm-softcap": lambda: varied(Attention(64, 8, 2, 8, qk_norm="gemma", scale=0.2, softcap=3.0)),
     "mla-latent": lambda: MLA(64, 4, 24, 32, 16, 8, 12, layout="latent"),
     "mla-decompressed": lambda: MLA(64, 4, None, 32, 16, 8, 12, layout="decompressed"),
     # DSA: the indexer (its weights and its fp8 key cache) is replicated like the latent

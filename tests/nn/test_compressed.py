@@ -41,8 +41,8 @@ def decode_all(layer, x, prefill: int):
 def test_decode_equals_forward(rate, csa, prefill, topk):
     """Windows close during the prefill, between decode steps and not at all (prefill 1, 2). With
     rate 4 the CSA indexer picks 2 of up to 4 entries: sparse, so the choice must be the same both
-    ways. (Entries whose scores are all ReLU'd to 0 tie, and a tie may break either way, as in any
-    top-k: with rate 3 and this seed such ties occur, so it keeps every entry.)"""
+    ways. (Entries whose scores are all ReLU'd to 0 tie; ``indexer.choose`` gives a tie at the cut to
+    the earliest entry, in prefill and decode alike. With rate 3 it keeps every entry.)"""
     lay = layer(rate, csa, topk=topk)
     x = torch.randn(2, 16, 64)
     with torch.no_grad():
