@@ -8,7 +8,9 @@ Two cache layouts, chosen explicitly:
 - ``decompressed``: cache per-head K (nope + rope) and V, as the reference's ``attn_impl="naive"``;
 - ``latent`` (absorbed): cache c and k_R; decode folds kv_b_proj's key half into the query and its
   value half into the output, as ``attn_impl="absorb"``, vLLM and FlashMLA. Same output, far less
-  cache. Prefill (start_pos 0) runs per-head attention over the tokens at hand in both layouts, as
+  cache -- and what transformers' ``DeepseekV3Attention`` caches (keys: the latent, values: the rope
+  key), tensor for tensor: the interleaved rope key's pairs are kept in its order (:func:`_pairs_split`).
+  Prefill (start_pos 0) runs per-head attention over the tokens at hand in both layouts, as
   vLLM and SGLang do: it is compute-bound there, and the absorbed form would cost more FLOPs.
 
 Parameter names and shapes follow transformers' ``DeepseekV3Attention``, so its state dict loads
@@ -144,6 +146,8 @@ class MLA(nn.Module):
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
         latent = self.kv_a_layernorm(latent)  # (B, S, d_c)
         k_pe = self.rotary.rotate(k_pe[:, :, None, :], cos, sin)  # (B, S, 1, d_R)
+        if self.rotary.interleaved:  # the order transformers caches k_rot in; q . k is the same
+            q_pe, k_pe = _pairs_split(q_pe), _pairs_split(k_pe)
         index_k = None if self.indexer is None else self.indexer.key(x, cos, sin)
         if self.cache is not None:
             self._remember(start_pos, latent, k_pe, index_k)
@@ -211,3 +215,10 @@ def _index_args(c: dict) -> dict:
         interleaved = c.get("model_type") == "glm_moe_dsa"
     return {"index_n_heads": c["index_n_heads"], "index_head_dim": c["index_head_dim"],
             "index_topk": c.get("index_topk", 2048), "index_rope_interleaved": bool(interleaved)}
+
+
+def _pairs_split(x: torch.Tensor) -> torch.Tensor:
+    """An interleaved-rope vector's pairs (2i, 2i + 1) moved to (i, i + d/2): the order in which
+    transformers' ``apply_rotary_pos_emb_interleave`` leaves the rope key it caches. Applied to q and
+    k alike it changes no score."""
+    return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)

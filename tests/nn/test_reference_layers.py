@@ -63,10 +63,10 @@ def deepseek_config(q_lora_rank, rope):
     return config
 
 
-def reference_steps(module, rotary, x, window=None):
+def reference_steps(module, rotary, x, window=None, cache=None):
     """transformers' module run as kvcalc's layer is: prefill PREFILL tokens (causal mask, within
     ``window`` tokens, self included), then decode one token at a time through a DynamicCache."""
-    cache, outs = DynamicCache(), []
+    cache, outs = DynamicCache() if cache is None else cache, []
     for start, end in STEPS:
         positions = torch.arange(start, end)[None]
         delta = torch.arange(start, end)[:, None] - torch.arange(end)[None, :]  # query - key
@@ -266,3 +266,34 @@ def test_measure_builds_deepseek_mla_with_its_yarn():
     randomise(reference)
     layer = build_layer(spec, LayerKind.FULL, "latent", "cpu", torch.float32).load_reference(reference)
     assert_same_outputs(layer, reference, DeepseekV3RotaryEmbedding(config))
+
+
+CACHED = {
+    "llama": lambda: (LlamaConfig(**SMALL, rope_parameters=LLAMA3), LlamaAttention, LlamaRotaryEmbedding, Attention),
+    "qwen3": lambda: (Qwen3Config(**SMALL), Qwen3Attention, Qwen3RotaryEmbedding, Attention),
+    "gpt_oss": lambda: (GptOssConfig(**SMALL, rope_parameters=GPT_OSS_YARN, attention_bias=True,
+                                     layer_types=["full_attention"] * 2),
+                        GptOssAttention, GptOssRotaryEmbedding, Attention),
+    "deepseek_v3": lambda: (deepseek_config(24, DEEPSEEK_YARN), DeepseekV3Attention, DeepseekV3RotaryEmbedding,
+                            lambda config: MLA.from_config(config, layout="latent")),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CACHED))
+def test_the_cache_holds_what_transformers_caches(family):
+    """Keys after rope and norms, and values, in transformers' order: tensor for tensor."""
+    config, module_class, rotary_class, build = CACHED[family]()
+    config._attn_implementation = "eager"
+    reference = randomise(module_class(config, layer_idx=0))
+    layer = (build(config) if build is not Attention else Attention.from_config(config)).load_reference(reference)
+    x, cache = torch.randn(BATCH, TOKENS, 64), DynamicCache()
+    with torch.no_grad():
+        reference_steps(reference, rotary_class(config), x, cache=cache)
+        kvcalc_steps(layer, x)
+    held, positions = layer.cache.read(torch.float32)
+    assert positions.tolist() == list(range(TOKENS))
+    if "latent_rope" in held:  # MLA: transformers keeps the latent as keys, the rope key as values
+        latent, rope_key = held["latent_rope"].split([layer.kv_lora_rank, layer.rope], dim=-1)
+        held = {"k": latent[:, None], "v": rope_key[:, None]}
+    torch.testing.assert_close(held["k"], cache.layers[0].keys, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(held["v"], cache.layers[0].values, atol=1e-5, rtol=1e-5)
