@@ -30,6 +30,7 @@ import torch  # noqa: E402  (measurement is the one place torch is imported)
 from torch import nn  # noqa: E402
 
 from kvcalc.nn.attention import ARCHITECTURES, Attention  # noqa: E402
+from kvcalc.nn.attention import FAMILIES as ATTENTION_FAMILIES  # noqa: E402
 from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
@@ -339,6 +340,8 @@ def built_as(spec: ModelSpec) -> str:
     else:
         layers = (f"Llama's attention with the spec's shapes ({spec.architecture or 'no architecture'}'s "
                   "own additions are not built)")
+    if model_type and not ATTENTION_FAMILIES[model_type].rotates:
+        return f"{layers}; no rope (the family's attention applies none)"
     if spec.rope is None:
         return f"{layers}; rope: plain, base 10000 (the spec states none)"
     ropes = {r["rope_type"] for r in ([spec.rope] if "rope_theta" in spec.rope else spec.rope.values())}

@@ -28,6 +28,10 @@ class Family:
     """``attn_logit_softcapping``: scores become cap * tanh(scores / cap) (Gemma-2)."""
     every_layer_slides: bool = False
     """A ``sliding_window`` without ``layer_types`` windows every layer (Mistral, Mixtral)."""
+    rotates: bool = True
+    """False: no position embedding at all (Nemotron-H's attention layers)."""
+    fused_qkv: bool = False
+    """q, k and v in one ``qkv_proj`` (Phi-3): :meth:`Attention.load_reference` splits it."""
 
 
 FAMILIES = {
@@ -40,6 +44,8 @@ FAMILIES = {
     "gemma2": Family(gemma_scale=True, softcap=True),
     "gemma3_text": Family(qk_norm="gemma", gemma_scale=True),
     "gpt_oss": Family(sinks=True),
+    "nemotron_h": Family(qkv_bias=False, o_bias=False, rotates=False),
+    "phi3": Family(qkv_bias=False, o_bias=False, fused_qkv=True),
 }
 """The model types :meth:`Attention.from_config` builds (a config without ``model_type`` is Llama's)."""
 ARCHITECTURES = {
@@ -47,6 +53,7 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3ForConditionalGeneration": "gemma3_text", "GptOssForCausalLM": "gpt_oss",
+    "NemotronHForCausalLM": "nemotron_h", "Phi3ForCausalLM": "phi3",
 }
 """A config's model class (``architectures``) -> the model type of its attention in :data:`FAMILIES`."""
 
@@ -79,10 +86,10 @@ class Attention(nn.Module):
 
     ``rope`` sets the rotary embedding (scaling, partial rotary, layout); without it, plain RoPE
     of base ``rope_theta`` over the whole head. What families add to Llama's attention -- biases,
-    q/k norms (``qk_norm``), a softmax ``scale``, attention ``sinks``, score ``softcap`` -- is
-    switched on by argument; :meth:`from_config` sets them from a transformers config
-    (:data:`FAMILIES`). Parameter names are transformers', so the family's attention module's
-    state dict loads with ``strict=True`` (:meth:`load_reference`).
+    q/k norms (``qk_norm``), a softmax ``scale``, attention ``sinks``, score ``softcap``, or no rope
+    at all (``rotates=False``, Nemotron-H) -- is switched on by argument; :meth:`from_config` sets
+    them from a transformers config (:data:`FAMILIES`). Parameter names are transformers', so the
+    family's attention module's state dict loads with ``strict=True`` (:meth:`load_reference`).
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         sinks: bool = False,
         softcap: float | None = None,
+        rotates: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -120,6 +128,7 @@ class Attention(nn.Module):
         self.window, self.chunk = window, chunk
         self.rotary = rope or Rope(head_dim, rope_theta, rope_interleaved)
         self.rope_theta, self.rope_interleaved = self.rotary.theta, self.rotary.interleaved
+        self.rotates = rotates
         self.scale, self.softcap = scale, softcap
         kw = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias, **kw)
@@ -161,11 +170,18 @@ class Attention(nn.Module):
             o_bias=bias if family.o_bias is None else family.o_bias,
             qk_norm=family.qk_norm, norm_eps=c.get("rms_norm_eps") or 1e-6,
             scale=c.get("query_pre_attn_scalar", 256) ** -0.5 if family.gemma_scale else None,
-            sinks=family.sinks, softcap=softcap, device=device, dtype=dtype)
+            sinks=family.sinks, softcap=softcap, rotates=family.rotates, device=device, dtype=dtype)
 
     def load_reference(self, module: nn.Module) -> Attention:
-        """Load a transformers attention module's weights (``LlamaAttention``: same names, strict)."""
-        self.load_state_dict(module.state_dict(), strict=True)
+        """Load a transformers attention module's weights, strictly: the same names, or Phi-3's
+        fused ``qkv_proj`` split into q, k and v."""
+        state = dict(module.state_dict())
+        if "qkv_proj.weight" in state:
+            widths = [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                      self.num_kv_heads * self.v_head_dim]
+            q, k, v = state.pop("qkv_proj.weight").split(widths)
+            state |= {"q_proj.weight": q, "k_proj.weight": k, "v_proj.weight": v}
+        self.load_state_dict(state, strict=True)
         return self
 
     def allocate_cache(self, batch: int, max_tokens: int, dtype: torch.dtype) -> TokenCache:
@@ -187,7 +203,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.v_head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
+        if self.rotates:
+            q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
         if self.cache is not None:
             if (self.window or self.chunk) and start_pos > 0 and s > 1:
                 raise ValueError("a ring cache (window, chunk) takes one token at a time after prefill")

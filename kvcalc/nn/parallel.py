@@ -83,7 +83,7 @@ def _shard_attention(full: Attention, shard: Shard) -> Attention:
                       rope=full.rotary, qkv_bias=full.q_proj.bias is not None,
                       o_bias=full.o_proj.bias is not None, qk_norm=full.qk_norm, norm_eps=full.norm_eps,
                       scale=full.scale, sinks=full.sinks is not None, softcap=full.softcap,
-                      device=weight.device, dtype=weight.dtype)
+                      rotates=full.rotates, device=weight.device, dtype=weight.dtype)
     first = shard.rank * heads
     state = dict(w)  # the q/k norms: replicated
     for name, start, width in (("q_proj", first * d, heads * d), ("k_proj", kv_first * d, kv * d),
@@ -135,15 +135,10 @@ def _shard_gated_deltanet(full: GatedDeltaNet, shard: Shard) -> GatedDeltaNet:
     key, value, heads = (full.k_heads, full.dk), (full.v_heads, full.dv), (full.v_heads, 1)
     local = _new(GatedDeltaNet, w["in_proj.weight"], key_heads, full.v_heads // shard.size, full.dk,
                  full.dv, full.kernel, dt_bias=full.dt_bias is not None, norm_eps=full.norm_eps)
-    state = {
-        "in_proj.weight": _split(w["in_proj.weight"], [key, key, value, value, heads, heads], shard),
-        "conv_weight": _split(w["conv_weight"], [key, key, value], shard),
-        "a_log": _split(w["a_log"], [heads], shard),
-        "norm": w["norm"],  # per head: replicated
-        "out_proj.weight": _split(w["out_proj.weight"], [value], shard, dim=1),
-    }
-    if "dt_bias" in w:
-        state["dt_bias"] = _split(w["dt_bias"], [heads], shard)
+    state = _split_held(w, {"in_proj.weight": [key, key, value, value, heads, heads],
+                            "conv_weight": [key, key, value], "a_log": [heads], "dt_bias": [heads]}, shard)
+    state["norm"] = w["norm"]  # per head: replicated
+    state["out_proj.weight"] = _split(w["out_proj.weight"], [value], shard, dim=1)
     local.load_state_dict(state, strict=True)
     return local
 
@@ -190,18 +185,11 @@ def _shard_mamba2(full: Mamba2, shard: Shard) -> Mamba2:
     local = _new(Mamba2, w["in_proj.weight"], heads, full.head_dim, full.d_state,
                  _held(full.groups, shard)[1], full.kernel, dt_bias=full.dt_bias is not None,
                  conv_bias="conv_bias" in w, norm_groups=full.norm_groups, norm_eps=full.norm_eps)
-    state = {
-        "in_proj.weight": _split(w["in_proj.weight"], [inner, inner, groups, groups, scalar], shard),
-        "conv_weight": _split(w["conv_weight"], [inner, groups, groups], shard),
-        "a_log": _split(w["a_log"], [scalar], shard),
-        "d": _split(w["d"], [scalar], shard),
-        "norm": _split(w["norm"], [inner], shard),  # normalised per group by all-reduced sums
-        "out_proj.weight": _split(w["out_proj.weight"], [inner], shard, dim=1),
-    }
-    if "conv_bias" in w:
-        state["conv_bias"] = _split(w["conv_bias"], [inner, groups, groups], shard)
-    if "dt_bias" in w:
-        state["dt_bias"] = _split(w["dt_bias"], [scalar], shard)
+    state = _split_held(w, {"in_proj.weight": [inner, inner, groups, groups, scalar],
+                            "conv_weight": [inner, groups, groups], "conv_bias": [inner, groups, groups],
+                            "a_log": [scalar], "d": [scalar], "dt_bias": [scalar],
+                            "norm": [inner]}, shard)  # the norm: per group, by all-reduced sums
+    state["out_proj.weight"] = _split(w["out_proj.weight"], [inner], shard, dim=1)
     local.load_state_dict(state, strict=True)
     return local
 
@@ -249,6 +237,11 @@ class TensorParallel(nn.Module):
 def _all_reduced(partial_sum: torch.Tensor, group=None) -> torch.Tensor:
     torch.distributed.all_reduce(partial_sum, group=group)
     return partial_sum
+
+
+def _split_held(w: dict[str, torch.Tensor], segments: dict[str, Segments], shard: Shard) -> dict:
+    """This rank's rows of each weight of ``segments`` that ``w`` holds (a bias may be absent)."""
+    return {name: _split(w[name], parts, shard) for name, parts in segments.items() if name in w}
 
 
 def _new(cls: type[nn.Module], like: torch.Tensor, *args, **kwargs) -> nn.Module:

@@ -29,6 +29,7 @@ CASES = {
     "sinks-biases": lambda: varied(Attention(64, 8, 2, 8, window=4, qkv_bias=True, o_bias=True, sinks=True)),
     # Gemma: replicated per-head q/k norms, its own scale, softcap
     "qk-norm-softcap": lambda: varied(Attention(64, 8, 2, 8, qk_norm="gemma", scale=0.2, softcap=3.0)),
+    "no-rope": lambda: Attention(64, 8, 2, 8, rotates=False),  # Nemotron-H's attention
     "mla-latent": lambda: MLA(64, 4, 24, 32, 16, 8, 12, layout="latent"),
     "mla-decompressed": lambda: MLA(64, 4, None, 32, 16, 8, 12, layout="decompressed"),
     # DSA: the indexer (its weights and its fp8 key cache) is replicated like the latent

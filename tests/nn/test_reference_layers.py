@@ -207,6 +207,30 @@ def test_attention_matches_qwen2_attention_qkv_bias():
     assert layer.q_proj.bias is not None and layer.o_proj.bias is None
 
 
+def test_attention_matches_nemotron_h_attention_without_rope():
+    from transformers import NemotronHConfig
+    from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHAttention
+
+    config = NemotronHConfig(**SMALL | {"num_hidden_layers": 1}, layers_block_type=["attention"])
+    config._attn_implementation = "eager"
+    reference = randomise(NemotronHAttention(config, layer_idx=0))
+    layer = Attention.from_config(config).load_reference(reference)
+    assert not layer.rotates
+
+    def unrotated(x, position_embeddings, mask, past_key_values):  # its forward takes no rope
+        return reference(x, mask, past_key_values=past_key_values)
+
+    assert_same_outputs(layer, unrotated, lambda x, positions: None)
+
+
+def test_attention_matches_phi3_attention_fused_qkv():
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3RotaryEmbedding
+
+    config = Phi3Config(**SMALL)
+    check_layer(config, Phi3Attention, Phi3RotaryEmbedding(config))
+
+
 def test_attention_refuses_what_from_config_does_not_build():
     base = {"hidden_size": 64, "num_attention_heads": 4}
     with pytest.raises(ValueError, match="sliding_window 4096 without layer_types"):
