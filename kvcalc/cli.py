@@ -639,6 +639,9 @@ def verify_command(
     model: Annotated[str, typer.Argument(
         help="A bundled name, a config.json, checkpoint folder or Hugging Face repo id.")],
     seq: Annotated[str, typer.Option("--seq", help="Tokens: a prefill of seq - 1, then one decode.")] = "64",
+    engine: Annotated[str, typer.Option(
+        "--engine", help="The engine whose figure is checked: transformers (its cache is the one run).")
+    ] = "transformers",
     fmt: FormatOpt = OutputFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
@@ -650,6 +653,10 @@ def verify_command(
     part. Exit 0 when every part agrees, 1 when any differs, 2 when transformers cannot build it."""
     from kvcalc.verify import COLUMNS, verify
 
+    if engine != "transformers":
+        raise OptionError(f"--engine {engine}: verify runs transformers' own model, so it checks --engine "
+                          "transformers only; kvcalc check holds vLLM's and SGLang's figures against their "
+                          "logs")
     seq_len = parse_tokens(seq)
     if seq_len < 2:
         raise OptionError(f"--seq: {seq!r}: verify needs at least 2 tokens (a prefill and a decode token)")

@@ -267,3 +267,11 @@ def test_without_transformers_it_says_what_to_install(cli, tmp_path, monkeypatch
 def test_seq_needs_a_prefill_and_a_decode_token(cli, tmp_path):
     status, _, err = cli("verify", config_file(tmp_path, "llama"), "--seq", "1")
     assert status == 2 and "at least 2 tokens" in err
+
+
+def test_verify_checks_the_transformers_engine_only(cli):
+    status, out, err = cli("verify", "llama-3.1-8b", "--engine", "vllm")
+    assert status == 2 and out == ""
+    assert err.startswith("kvcalc: error: --engine vllm: verify runs transformers' own model")
+    status, out, _ = cli("verify", "llama-3.1-8b", "--engine", "transformers", "--seq", "16", "-f", "json")
+    assert status == 0 and json.loads(out)["agrees"]
