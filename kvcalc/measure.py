@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from kvcalc.analytic import Layout, Options, footprint
 from kvcalc.errors import OptionError
 from kvcalc.parallel import Parallel
+from kvcalc.rotary import rope_parameters
 from kvcalc.spec import NO_CACHE_KINDS, CompressedAttention, LayerKind, MlaAttention, ModelSpec, RecurrentKind
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy
 import torch  # noqa: E402  (measurement is the one place torch is imported)
 from torch import nn  # noqa: E402
 
-from kvcalc.nn.attention import ARCHITECTURES, Attention  # noqa: E402
-from kvcalc.nn.attention import FAMILIES as ATTENTION_FAMILIES  # noqa: E402
+from kvcalc.nn.attention import ARCHITECTURES, ATTENTION_FAMILIES, Attention  # noqa: E402
 from kvcalc.nn.compressed import CompressedAttentionLayer  # noqa: E402
 from kvcalc.nn.mla import MLA  # noqa: E402
 from kvcalc.nn.parallel import Shard, TensorParallel, shard_layer  # noqa: E402
@@ -42,7 +42,7 @@ from kvcalc.nn.recurrent import (  # noqa: E402
     Mamba,
     Mamba2,
 )
-from kvcalc.nn.rope import Rope, rope_parameters  # noqa: E402
+from kvcalc.nn.rope import Rope  # noqa: E402
 
 MLA_MODEL_TYPES = {"DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3",
                    "DeepseekV32ForCausalLM": "deepseek_v32", "GlmMoeDsaForCausalLM": "glm_moe_dsa"}

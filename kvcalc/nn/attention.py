@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
-from kvcalc.nn.rope import Rope, config_dict, rope_parameters
+from kvcalc.nn.rope import Rope, config_dict
+from kvcalc.rotary import rope_parameters
 
 
 @dataclass(frozen=True)
-class Family:
+class AttentionFamily:
     """What a family's attention adds to Llama's, as transformers 5.23's ``<Family>Attention`` builds it."""
 
     qkv_bias: bool | None = None
@@ -34,18 +35,18 @@ class Family:
     """q, k and v in one ``qkv_proj`` (Phi-3): :meth:`Attention.load_reference` splits it."""
 
 
-FAMILIES = {
-    "llama": Family(),
-    "mistral": Family(qkv_bias=False, o_bias=False, every_layer_slides=True),
-    "mixtral": Family(qkv_bias=False, o_bias=False, every_layer_slides=True),
-    "qwen2": Family(qkv_bias=True, o_bias=False),
-    "qwen3": Family(qk_norm="rms"),
-    "qwen3_moe": Family(qk_norm="rms"),
-    "gemma2": Family(gemma_scale=True, softcap=True),
-    "gemma3_text": Family(qk_norm="gemma", gemma_scale=True),
-    "gpt_oss": Family(sinks=True),
-    "nemotron_h": Family(qkv_bias=False, o_bias=False, rotates=False),
-    "phi3": Family(qkv_bias=False, o_bias=False, fused_qkv=True),
+ATTENTION_FAMILIES = {
+    "llama": AttentionFamily(),
+    "mistral": AttentionFamily(qkv_bias=False, o_bias=False, every_layer_slides=True),
+    "mixtral": AttentionFamily(qkv_bias=False, o_bias=False, every_layer_slides=True),
+    "qwen2": AttentionFamily(qkv_bias=True, o_bias=False),
+    "qwen3": AttentionFamily(qk_norm="rms"),
+    "qwen3_moe": AttentionFamily(qk_norm="rms"),
+    "gemma2": AttentionFamily(gemma_scale=True, softcap=True),
+    "gemma3_text": AttentionFamily(qk_norm="gemma", gemma_scale=True),
+    "gpt_oss": AttentionFamily(sinks=True),
+    "nemotron_h": AttentionFamily(qkv_bias=False, o_bias=False, rotates=False),
+    "phi3": AttentionFamily(qkv_bias=False, o_bias=False, fused_qkv=True),
 }
 """The model types :meth:`Attention.from_config` builds (a config without ``model_type`` is Llama's)."""
 ARCHITECTURES = {
@@ -55,7 +56,7 @@ ARCHITECTURES = {
     "Gemma3ForConditionalGeneration": "gemma3_text", "GptOssForCausalLM": "gpt_oss",
     "NemotronHForCausalLM": "nemotron_h", "Phi3ForCausalLM": "phi3",
 }
-"""A config's model class (``architectures``) -> the model type of its attention in :data:`FAMILIES`."""
+"""A config's model class (``architectures``) -> its attention's model type (:data:`ATTENTION_FAMILIES`)."""
 
 
 class HeadNorm(nn.Module):
@@ -88,7 +89,7 @@ class Attention(nn.Module):
     of base ``rope_theta`` over the whole head. What families add to Llama's attention -- biases,
     q/k norms (``qk_norm``), a softmax ``scale``, attention ``sinks``, score ``softcap``, or no rope
     at all (``rotates=False``, Nemotron-H) -- is switched on by argument; :meth:`from_config` sets
-    them from a transformers config (:data:`FAMILIES`). Parameter names are transformers', so the
+    them from a transformers config (:data:`ATTENTION_FAMILIES`). Parameter names are transformers', so the
     family's attention module's state dict loads with ``strict=True`` (:meth:`load_reference`).
     """
 
@@ -145,17 +146,17 @@ class Attention(nn.Module):
     @classmethod
     def from_config(cls, config, *, layer_idx: int = 0, device=None, dtype=None) -> Attention:
         """Layer ``layer_idx``'s attention of a transformers config (a ``PretrainedConfig`` or its
-        ``to_dict()``; a multimodal config's ``text_config``) of a family in :data:`FAMILIES`: shapes,
-        GQA, the layer's window (``layer_types``) and rope -- ``rope_parameters`` (per layer type
-        where the family has one per type) or ``rope_scaling``, with ``partial_rotary_factor`` -- and
-        the family's biases, norms, scale, sinks and softcap, as its attention module reads them.
-        Refuses what it does not model rather than ignore it."""
+        ``to_dict()``; a multimodal config's ``text_config``) of a family in
+        :data:`ATTENTION_FAMILIES`: shapes, GQA, the layer's window (``layer_types``) and rope --
+        ``rope_parameters`` (per layer type where the family has one per type) or ``rope_scaling``,
+        with ``partial_rotary_factor`` -- and the family's biases, norms, scale, sinks and softcap,
+        as its attention module reads them. Refuses what it does not model rather than ignore it."""
         c = config_dict(config)
         c = config_dict(c["text_config"]) if c.get("text_config") else c
         model_type = c.get("model_type") or "llama"
-        family = FAMILIES.get(model_type)
+        family = ATTENTION_FAMILIES.get(model_type)
         if family is None:
-            raise ValueError(f"model_type {model_type!r}: from_config builds {', '.join(FAMILIES)}")
+            raise ValueError(f"model_type {model_type!r}: from_config builds {', '.join(ATTENTION_FAMILIES)}")
         heads = c["num_attention_heads"]
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
         layer_type = _layer_type(c, layer_idx, family)
@@ -219,7 +220,7 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(b, s, self.num_heads * self.v_head_dim))
 
 
-def _layer_type(config: dict, layer_idx: int, family: Family) -> str:
+def _layer_type(config: dict, layer_idx: int, family: AttentionFamily) -> str:
     """``full_attention`` or ``sliding_attention``: from ``layer_types``, or from a ``sliding_window``
     the family applies to every layer; any other layer type is refused by name."""
     types = config.get("layer_types")

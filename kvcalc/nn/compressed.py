@@ -32,7 +32,8 @@ from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
 from kvcalc.nn.indexer import Fp8Keys, choose, dequantise, quantise
-from kvcalc.nn.rope import Rope, apply_rope, config_dict, rope_parameters
+from kvcalc.nn.rope import Rope, apply_rope, config_dict
+from kvcalc.rotary import rope_parameters
 
 QUERY_BLOCK = 256
 """Queries per block of a long prefill."""

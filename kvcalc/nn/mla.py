@@ -27,7 +27,8 @@ from torch import nn
 
 from kvcalc.nn.cache import TokenCache, attend, positions_of
 from kvcalc.nn.indexer import Indexer
-from kvcalc.nn.rope import Rope, config_dict, rope_parameters, softmax_scale
+from kvcalc.nn.rope import Rope, config_dict, softmax_scale
+from kvcalc.rotary import rope_parameters
 
 
 class MLA(nn.Module):

@@ -149,13 +149,9 @@ def _shard_kda(full: KimiDeltaAttention, shard: Shard) -> KimiDeltaAttention:
     width, scalar = (full.heads, full.head_dim), (full.heads, 1)
     local = _new(KimiDeltaAttention, w["qkv_proj.weight"], heads, full.head_dim, full.kernel,
                  norm_eps=full.norm_eps)
-    state = dict(w)  # f_a_proj, g_a_proj (hidden -> head_dim) and the per-head norm: replicated
-    for name in ("qkv_proj.weight", "conv_weight"):
-        state[name] = _split(w[name], [width] * 3, shard)
-    for name in ("f_b_proj.weight", "dt_bias", "g_b_proj.weight"):
-        state[name] = _split(w[name], [width], shard)
-    for name in ("a_log", "b_proj.weight"):
-        state[name] = _split(w[name], [scalar], shard)
+    state = {**w, **_split_held(w, {  # f_a_proj, g_a_proj (hidden -> head_dim), the per-head norm: replicated
+        "qkv_proj.weight": [width] * 3, "conv_weight": [width] * 3, "f_b_proj.weight": [width],
+        "dt_bias": [width], "g_b_proj.weight": [width], "a_log": [scalar], "b_proj.weight": [scalar]}, shard)}
     state["out_proj.weight"] = _split(w["out_proj.weight"], [width], shard, dim=1)
     local.load_state_dict(state, strict=True)
     return local
@@ -198,11 +194,11 @@ def _shard_mamba(full: Mamba, shard: Shard) -> Mamba:
     inner = _local(full.inner, shard, "inner channels")
     w = full.state_dict()
     channels = [(full.inner, 1)]
-    local = _new(Mamba, w["in_proj.weight"], inner, full.d_state, full.kernel, full.dt_rank)
-    state = dict(w)  # the dt, B and C norms: replicated
-    for name in ("conv_weight", "conv_bias", "dt_proj.weight", "dt_proj.bias", "a_log", "d"):
-        state[name] = _split(w[name], channels, shard)
-    state["in_proj.weight"] = _split(w["in_proj.weight"], channels * 2, shard)  # x and z
+    local = _new(Mamba, w["in_proj.weight"], inner, full.d_state, full.kernel, full.dt_rank,
+                 norm_eps=full.norm_eps)
+    per_channel = ("conv_weight", "conv_bias", "dt_proj.weight", "dt_proj.bias", "a_log", "d")
+    state = {**w, **_split_held(w, {  # the dt, B and C norms: replicated
+        **dict.fromkeys(per_channel, channels), "in_proj.weight": channels * 2}, shard)}  # in_proj: x and z
     for name in ("x_proj.weight", "out_proj.weight"):
         state[name] = _split(w[name], channels, shard, dim=1)
     local.load_state_dict(state, strict=True)

@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-from kvcalc.rotary import ROPE_TYPES, rope_parameters  # noqa: F401 -- the settings, read without torch
-
 
 def rope_angles(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of each position's angles: (S,) -> two (S, dim / 2) float32 tensors."""

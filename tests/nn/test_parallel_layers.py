@@ -12,7 +12,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from kvcalc.nn.attention import Attention  # noqa: E402
 from kvcalc.nn.parallel import Shard, shard_layer  # noqa: E402
-from kvcalc.nn.recurrent import LightningAttention, Mamba2  # noqa: E402
+from kvcalc.nn.recurrent import GatedDeltaNet, KimiDeltaAttention, LightningAttention, Mamba, Mamba2  # noqa: E402
 from tests.nn.shard_worker import decode_all  # noqa: E402
 
 
@@ -176,3 +176,18 @@ def test_a_shard_sums_across_ranks_only_inside_tensor_parallel():
     full = randomised(LightningAttention(32, num_heads=4, head_dim=6))
     with pytest.raises(RuntimeError, match="wrap it in TensorParallel"):
         shard_layer(full, Shard(0, 2))(torch.randn(1, 3, 32))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GatedDeltaNet(32, 2, 4, 8, 6, 4, dt_bias=True, norm_eps=1e-3),
+    lambda: KimiDeltaAttention(32, 4, 6, 4, norm_eps=1e-3),
+    lambda: Mamba2(32, num_heads=4, head_dim=6, d_state=5, n_groups=2, conv_kernel=3, dt_bias=True, conv_bias=True,
+                   norm_groups=2, norm_eps=1e-3),
+    lambda: Mamba(32, 12, 4, 3, 2, norm_eps=1e-3),
+], ids=["gated_deltanet", "kda", "mamba2", "mamba"])
+def test_a_shard_keeps_the_layers_settings(make):
+    """What from_config sets (a norm's eps, the optional biases) survives the split."""
+    full = randomised(make())
+    local = shard_layer(full, Shard(rank=1, size=2))
+    assert local.norm_eps == full.norm_eps == 1e-3
+    assert {n for n, _ in local.named_parameters()} == {n for n, _ in full.named_parameters()}

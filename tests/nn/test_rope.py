@@ -12,7 +12,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
 
-from kvcalc.nn.rope import Rope, apply_rope, rope_parameters  # noqa: E402
+from kvcalc.nn.rope import Rope, apply_rope  # noqa: E402
+from kvcalc.rotary import rope_parameters  # noqa: E402
 
 DEEPSEEK_YARN = {"rope_type": "yarn", "factor": 40.0, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
                  "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096}
